@@ -1,0 +1,226 @@
+"""The server's configuration: one YAML file, validated before anything starts.
+
+A bad file fails at start with the field and the reason (``ConfigError``).
+Environment variables prefixed ``HPCGATE_`` (nested with ``__``) override the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SshSettings(_Model):
+    """How to reach a cluster's login node."""
+
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    known_hosts: Path = Field(description="OpenSSH known_hosts file holding the host key")
+    connect_timeout: float = Field(10.0, gt=0)
+    command_timeout: float = Field(60.0, gt=0, description="seconds before a command is 408")
+    max_channels_per_connection: int = Field(
+        32, ge=1, le=1024, description="keep below sshd's MaxSessions"
+    )
+    idle_timeout: float = Field(300.0, gt=0, description="close connections idle this long")
+    keepalive_interval: float = Field(30.0, gt=0)
+
+
+class CertificateAuthorityCredentials(_Model):
+    """The server's own SSH CA signs short-lived certificates for each user."""
+
+    kind: Literal["ca"] = "ca"
+    ca_key: Path = Field(description="private key of the SSH user CA that sshd trusts")
+    certificate_minutes: int = Field(10, ge=1, le=24 * 60)
+    renew_before_seconds: int = Field(60, ge=1)
+
+    @model_validator(mode="after")
+    def _renewal_inside_validity(self) -> CertificateAuthorityCredentials:
+        if self.renew_before_seconds >= self.certificate_minutes * 60:
+            raise ValueError("renew_before_seconds must be shorter than the certificate's validity")
+        return self
+
+
+class StaticKeyCredentials(_Model):
+    """Per-user private keys read from files (``{username}`` in the pattern)."""
+
+    kind: Literal["static_keys"] = "static_keys"
+    key_path: str = Field(description="path pattern, e.g. /etc/hpcgate/keys/{username}")
+
+    @field_validator("key_path")
+    @classmethod
+    def _has_username(cls, value: str) -> str:
+        if "{username}" not in value:
+            raise ValueError("must contain {username}")
+        return value
+
+
+Credentials = Annotated[
+    CertificateAuthorityCredentials | StaticKeyCredentials, Field(discriminator="kind")
+]
+
+
+class FileSystemSettings(_Model):
+    """A filesystem of the cluster that the API may touch."""
+
+    path: str
+    data_type: Literal["users", "store", "archive", "apps", "scratch", "project"] = "users"
+    default_work_dir: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_normal(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if not path.is_absolute() or ".." in path.parts:
+            raise ValueError("must be an absolute path without '..'")
+        return str(path)
+
+
+class SchedulerSettings(_Model):
+    """The cluster's workload manager."""
+
+    type: Literal["slurm"] = "slurm"
+    timeout: float = Field(30.0, gt=0, description="seconds for one scheduler command")
+    transfer_partition: str | None = Field(
+        None, description="partition for data-movement jobs (transfer/* endpoints)"
+    )
+    extra_sbatch_options: list[str] = Field(
+        default_factory=list,
+        description="long sbatch options (without '--') a job description may add",
+    )
+
+
+class SystemSettings(_Model):
+    """One cluster ("system") served by this API."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    ssh: SshSettings
+    credentials: Credentials
+    scheduler: SchedulerSettings = SchedulerSettings()
+    filesystems: list[FileSystemSettings] = Field(default_factory=list)
+    required_scopes: list[str] = Field(
+        default_factory=list, description="token scopes a caller must hold for this system"
+    )
+
+
+class AuthSettings(_Model):
+    """How bearer tokens are validated (offline, against a JWKS)."""
+
+    issuer: str
+    audience: str
+    jwks_url: str | None = Field(None, description="https URL of the issuer's JWKS")
+    jwks_file: Path | None = Field(None, description="a JWKS file on disk")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    username_claim: str = "preferred_username"
+    scope_claim: str = "scope"
+    leeway_seconds: int = Field(30, ge=0, le=300, description="clock skew tolerated")
+    jwks_refresh_min_seconds: float = Field(
+        30.0, ge=0, description="at most one JWKS refresh per this many seconds on unknown kid"
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> AuthSettings:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("set exactly one of jwks_url and jwks_file")
+        if self.jwks_url is not None and not self.jwks_url.startswith("https://"):
+            if not self.jwks_url.startswith(("http://127.", "http://localhost")):
+                raise ValueError("jwks_url must be https (plain http only on loopback)")
+        if "none" in (alg.lower() for alg in self.algorithms):
+            raise ValueError("the 'none' algorithm is never accepted")
+        return self
+
+
+class HealthSettings(_Model):
+    """The periodic health checker behind /status/systems."""
+
+    interval_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HPCGATE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    auth: AuthSettings
+    systems: list[SystemSettings] = Field(min_length=1)
+    health: HealthSettings = HealthSettings()
+    app_version: str = Field(
+        "2.6.0", description="sent as F7T-AppVersion (pyfirecrest gates on it)"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("systems")
+    @classmethod
+    def _unique_names(cls, systems: list[SystemSettings]) -> list[SystemSettings]:
+        seen: set[str] = set()
+        for system in systems:
+            key = system.name.lower()
+            if key in seen:
+                raise ValueError(
+                    f"system name {system.name!r} appears twice (names are case-insensitive)"
+                )
+            seen.add(key)
+        return systems
+
+    def system(self, name: str) -> SystemSettings | None:
+        """The system called ``name`` (case-insensitive), or None."""
+        wanted = name.lower()
+        return next((s for s in self.systems if s.name.lower() == wanted), None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the environment overrides the file's values, which arrive as init kwargs
+        return env_settings, init_settings
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate the YAML configuration at ``path``."""
+    path = Path(path)
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"configuration {path} must be a mapping at the top level")
+    try:
+        return Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration {path}:\n{_describe(exc)}") from exc
