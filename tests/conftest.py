@@ -1,0 +1,41 @@
+"""Session fixtures: the real local site and SSH connections to it as each user."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncssh
+import pytest
+
+from tests.site import SiteEnv, ensure_site_up
+
+
+@pytest.fixture(scope="session")
+def site_env() -> SiteEnv:
+    """The running local site (brought up on first use)."""
+    return ensure_site_up()
+
+
+SshConnect = Callable[[str], Awaitable[asyncssh.SSHClientConnection]]
+
+
+@pytest.fixture(scope="session")
+async def ssh_as(site_env: SiteEnv) -> AsyncIterator[SshConnect]:
+    """Open (and cache) one asyncssh connection per user with the user's site key."""
+    connections: dict[str, asyncssh.SSHClientConnection] = {}
+
+    async def connect(user: str) -> asyncssh.SSHClientConnection:
+        if user not in connections:
+            connections[user] = await asyncssh.connect(
+                site_env.ssh_host,
+                port=site_env.ssh_port,
+                username=user,
+                client_keys=[str(site_env.key(user))],
+                known_hosts=str(site_env.known_hosts),
+            )
+        return connections[user]
+
+    yield connect
+    for connection in connections.values():
+        connection.close()
+        await connection.wait_closed()
