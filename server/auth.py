@@ -68,13 +68,20 @@ class _KeySet:
     """Parsed public keys by ``kid`` (PyJWK built per algorithm on first use)."""
 
     def __init__(self, jwks: Any) -> None:
-        if not isinstance(jwks, dict):
-            raise ValueError("a JWKS must be a JSON object")
-        parsed = jwt.PyJWKSet.from_dict(jwks)  # validates; skips unusable keys
-        self.raw: list[dict[str, Any]] = [dict(key._jwk_data) for key in parsed.keys]
-        self.raw = [key for key in self.raw if key.get("use", "sig") == "sig"]
+        keys = jwks.get("keys") if isinstance(jwks, dict) else None
+        if not isinstance(keys, list):
+            raise ValueError("a JWKS must be an object with a 'keys' list")
+        self.raw: list[dict[str, Any]] = []
+        for data in keys:
+            if not isinstance(data, dict) or data.get("use", "sig") != "sig":
+                continue
+            try:
+                jwt.PyJWK(data)  # skip what PyJWT cannot use (unknown kty, bad members)
+            except jwt.PyJWTError:
+                continue
+            self.raw.append(dict(data))
         if not self.raw:
-            raise ValueError("the JWKS holds no signature keys")
+            raise ValueError("the JWKS holds no usable signature keys")
         self._built: dict[tuple[int, str], jwt.PyJWK] = {}
 
     def __len__(self) -> int:
@@ -115,10 +122,8 @@ class TokenValidator:
         ignored = sorted(set(settings.algorithms) - set(self._algorithms))
         if ignored:
             log.warning("auth: algorithms never accepted with a JWKS, ignored: %s", ignored)
-        self._owns_client = http_client is None and settings.jwks_url is not None
-        self._client = (
-            httpx.AsyncClient(timeout=_JWKS_FETCH_TIMEOUT) if self._owns_client else http_client
-        )
+        self._client = http_client
+        self._owns_client = False  # set when _load creates a client of its own
         self._keys: _KeySet | None = None
         self._generation = 0  # bumped on every successful load
         self._last_attempt: float | None = None  # monotonic time of the last load attempt
@@ -136,6 +141,8 @@ class TokenValidator:
         """Release the HTTP client if this validator created it."""
         if self._owns_client and self._client is not None:
             await self._client.aclose()
+            self._client = None
+            self._owns_client = False
 
     async def validate(self, token: str) -> Principal:
         """The principal a valid token names; ``Unauthorized`` saying why otherwise."""
@@ -159,7 +166,7 @@ class TokenValidator:
         if index is None:
             if kid is None:
                 raise Unauthorized("Token names no signing key (kid) and several keys exist")
-            log.info("auth: token signed with unknown key id %r", kid)
+            log.info("auth: token signed with unknown key id %r", kid[:64])
             raise Unauthorized("Unknown signing key")
 
         claims = self._decode(token, keys.key_for(index, algorithm), algorithm)
@@ -257,7 +264,11 @@ class TokenValidator:
     async def _load(self) -> _KeySet:
         if self._settings.jwks_file is not None:
             return await asyncio.to_thread(self._read_file)
-        assert self._client is not None and self._settings.jwks_url is not None
+        assert self._settings.jwks_url is not None
+        if self._client is None:
+            # building a client reads the CA bundle: keep that off the event loop
+            self._client = await asyncio.to_thread(httpx.AsyncClient, timeout=_JWKS_FETCH_TIMEOUT)
+            self._owns_client = True
         response = await self._client.get(self._settings.jwks_url, timeout=_JWKS_FETCH_TIMEOUT)
         response.raise_for_status()
         return _KeySet(response.json())
