@@ -17,9 +17,10 @@ from typing import Any
 
 import httpx
 import jwt
+from pydantic import BaseModel, ConfigDict
+
 from hpcgate.config import AuthSettings
 from hpcgate.errors import Forbidden, ServiceUnavailable, Unauthorized
-from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Principal", "TokenValidator", "require_scopes"]
 

@@ -119,6 +119,11 @@ class SystemSettings(_Model):
     required_scopes: list[str] = Field(
         default_factory=list, description="token scopes a caller must hold for this system"
     )
+    health_check_user: str | None = Field(
+        None,
+        description="user the health checker logs in as to probe the scheduler and "
+        "filesystems; without one only the SSH server's banner is checked",
+    )
 
 
 class AuthSettings(_Model):

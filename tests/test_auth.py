@@ -25,11 +25,12 @@ import pydantic
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
 from hpcgate.auth import Principal, TokenValidator, require_scopes
 from hpcgate.config import AuthSettings
 from hpcgate.errors import Forbidden, ServiceUnavailable, Unauthorized
 from hpcgate.localauth import create_signing_key, keygen_command, token_command
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 ISSUER = "https://idp.example.test/realms/hpc"
 AUDIENCE = "hpcgate"
