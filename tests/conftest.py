@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncssh
 import pytest
 
+from tests.server import ApiServer, start_server
 from tests.site import SiteEnv, ensure_site_up
 
 
@@ -39,3 +40,11 @@ async def ssh_as(site_env: SiteEnv) -> AsyncIterator[SshConnect]:
     for connection in connections.values():
         connection.close()
         await connection.wait_closed()
+
+
+@pytest.fixture(scope="session")
+def api_server(site_env: SiteEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """One `hpcgate serve` process for the whole session, serving the local site."""
+    server = start_server(site_env, tmp_path_factory.mktemp("hpcgate"))
+    yield server
+    server.stop()

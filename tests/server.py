@@ -1,0 +1,100 @@
+"""A real hpcgate server process for tests, configured for the local site."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from hpcgate.cli import local_site_config
+from hpcgate.localauth import LocalIssuer, create_signing_key
+from tests.site import SiteEnv
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ApiServer:
+    """A running `hpcgate serve` and the means to call it as any site user."""
+
+    url: str
+    system: str
+    issuer: LocalIssuer
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def token(self, user: str = "hpcuser1", **kwargs: Any) -> str:
+        return self.issuer.mint(user, **kwargs)
+
+    def headers(self, user: str = "hpcuser1") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user)}"}
+
+    def client(self, user: str = "hpcuser1", **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers(user), timeout=60, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_server(
+    site_env: SiteEnv, workdir: Path, *, overrides: dict[str, Any] | None = None
+) -> ApiServer:
+    """Write a configuration for the site (plus ``overrides`` on the system) and serve it."""
+    key_dir = workdir / "keys"
+    config = local_site_config(site_env.values, key_dir)
+    system = config["systems"][0]  # type: ignore[index]
+    system.update(overrides or {})
+    config_path = workdir / "hpcgate.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    log_path = workdir / "hpcgate.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hpcgate.cli",
+            "serve",
+            "--config",
+            str(config_path),
+            "--port",
+            str(port),
+        ],
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"hpcgate exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/status/liveness/", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError(f"hpcgate did not answer in 30 s:\n{log_path.read_text()}")
+    issuer = create_signing_key(key_dir)
+    return ApiServer(url, system["name"], issuer, process, log_path)
