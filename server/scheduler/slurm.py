@@ -1,0 +1,564 @@
+"""Slurm (22.05+) behind the ``Scheduler`` interface, driven as the user over SSH.
+
+Every command is an argument vector; values from requests travel as whole ``argv``
+elements in ``--option=value`` form, so neither a shell nor sbatch's option parser
+can misread them.
+
+Measured on the local site (Slurm 22.05, one SSH connection reused): ``squeue``
+~5-7 ms, ``sbatch`` ~6 ms, ``scontrol`` ~5 ms, ``sinfo --json`` ~14 ms, ``sacct``
+~90 ms, ``sacctmgr`` ~180 ms. So a job lookup asks ``squeue -t all`` first (the
+controller keeps ended jobs for ``MinJobAge``, 300 s by default, exit codes
+included) and only falls back to ``sacct`` for older jobs or for the steps of an
+ended one.
+
+Environment variables of a job description are given to ``sbatch`` through
+``env NAME=VALUE ... sbatch --export=ALL``: each assignment is one argv element, so
+the value reaches the job byte for byte (quotes, ``$(...)``, backticks, ``;``,
+commas) without any shell or ``--export`` list parsing, whatever the script's
+interpreter, and for ``scriptPath`` jobs too; the script itself is not modified, so
+``metadata`` returns it as submitted. Names that configure Slurm clients
+(``SBATCH_*``, ``SLURM_*``, ...) are refused by the model. When ``PATH`` is among
+the variables, sbatch is called by its absolute path (looked up once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from hpcgate import errors
+from hpcgate.config import SchedulerSettings
+from hpcgate.remote import CommandResult, CommandRunner
+from hpcgate.scheduler.base import (
+    time_window_seconds,
+    validate_attach_command,
+    validate_job_id,
+)
+from hpcgate.scheduler.models import (
+    Job,
+    JobDescription,
+    JobMetadata,
+    JobStatus,
+    JobTime,
+    Node,
+    Partition,
+    Reservation,
+    UserInfo,
+)
+from hpcgate.scheduler.slurm_parsing import (
+    FIELD_SEP,
+    SACCT_FIELDS,
+    SQUEUE_FIELDS,
+    TERMINAL_STATES,
+    ActiveJob,
+    SlurmOutputError,
+    classify_sbatch_error,
+    drop_stale,
+    format_fields,
+    is_unavailable,
+    merge_jobs,
+    parse_accounts,
+    parse_id,
+    parse_job_metadata,
+    parse_partitions,
+    parse_reservations,
+    parse_sacct,
+    parse_sbatch_output,
+    parse_scontrol_records,
+    parse_sinfo_nodes,
+    parse_squeue,
+    parse_time_limit,
+    select_entries,
+    slurm_message,
+    summarize_array,
+    unavailable,
+    unexpected,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Slurm prints times in this format: epoch seconds, independent of the time zone.
+_EPOCH_TIMES = ("env", "SLURM_TIME_FORMAT=%s")
+
+FORBIDDEN_EXTRA_OPTIONS = frozenset(
+    {
+        "chdir",
+        "export",
+        "export-file",
+        "get-user-env",
+        "gid",
+        "help",
+        "parsable",
+        "test-only",
+        "uid",
+        "usage",
+        "version",
+        "wait",
+        "wrap",
+    }
+)
+"""Options that would change how this module talks to sbatch: never allowed."""
+
+FINAL_STATES = frozenset(
+    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "DEADLINE"}
+)
+"""Ended states a job does not leave on its own (unlike PREEMPTED or NODE_FAIL,
+which requeue): answers in these states are cached for ``ended_ttl`` seconds."""
+
+_INVALID_JOB = "Invalid job id specified"
+_DENIED = ("Access/permission denied", "Invalid user id", "Access denied")
+_FILTER = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+
+
+def build_sbatch_options(
+    description: JobDescription, allowed_extra: Sequence[str] = ()
+) -> list[str]:
+    """sbatch's options (and the remote script path, last) for ``description``.
+
+    Extra options come first so that the first-class fields win; an extra option not
+    in ``allowed_extra`` (or in ``FORBIDDEN_EXTRA_OPTIONS``) is a ``BadRequest``.
+    """
+    options = ["--parsable"]
+    for name, value in (description.extra_options or {}).items():
+        if name in FORBIDDEN_EXTRA_OPTIONS or name not in allowed_extra:
+            raise errors.BadRequest(f"The sbatch option --{name} is not allowed on this system")
+        options.append(f"--{name}" if value is None else f"--{name}={value}")
+    fields: list[tuple[str, object]] = [
+        ("job-name", description.name),
+        ("chdir", description.working_directory),
+        ("account", description.account),
+        ("partition", description.partition),
+        ("reservation", description.reservation),
+        ("qos", description.qos),
+        ("constraint", description.constraints),
+        ("input", description.standard_input),
+        ("output", description.standard_output),
+        ("error", description.standard_error),
+        ("time", description.time_limit),
+        ("nodes", description.nodes),
+        ("ntasks", description.tasks),
+        ("cpus-per-task", description.cpus_per_task),
+        ("mem", description.memory),
+        ("array", description.array),
+        ("dependency", description.dependency_expression),
+    ]
+    options.extend(f"--{name}={value}" for name, value in fields if value is not None)
+    if description.script_path is not None:
+        options.append(posixpath.join(description.working_directory, description.script_path))
+    return options
+
+
+def _user_key(runner: CommandRunner) -> str | None:
+    """The runner's user, if it says (``username`` attribute), for per-user records."""
+    user = getattr(runner, "username", None)
+    return user if isinstance(user, str) else None
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class TtlCache(Generic[K, V]):
+    """A bounded map whose entries expire ``ttl`` seconds after they were put."""
+
+    def __init__(
+        self,
+        ttl: float,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def put(self, key: K, value: V) -> None:
+        self._expire()
+        self._entries[key] = (self._clock(), value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def get(self, key: K) -> V | None:
+        self._expire()
+        entry = self._entries.get(key)
+        return entry[1] if entry else None
+
+    def items(self) -> list[tuple[K, V]]:
+        self._expire()
+        return [(key, value) for key, (_, value) in self._entries.items()]
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._entries)
+
+    def _expire(self) -> None:
+        limit = self._clock() - self.ttl
+        while self._entries:
+            key, (added, _) = next(iter(self._entries.items()))
+            if added >= limit:
+                break
+            del self._entries[key]
+
+
+class RecentSubmissions(TtlCache[tuple[str | None, str], Job]):
+    """Jobs this server submitted in the last ``ttl`` seconds, per user, bounded.
+
+    They answer lookups while the scheduler does not list them yet, so a job just
+    submitted never answers 404.
+    """
+
+    def add(self, user: str | None, job: Job) -> None:
+        self.put((user, job.job_id), job)
+
+    def of_user(self, user: str | None) -> list[Job]:
+        return [job for (owner, _), job in self.items() if owner == user]
+
+
+def _settled(entries: Sequence[Job], accounted: Sequence[Job]) -> bool:
+    """Both the controller and accounting show every entry (and step) in a final state."""
+    if len(accounted) != len(entries):
+        return False
+    jobs = [*entries, *accounted]
+    steps = [task for job in accounted for task in job.tasks or []]
+    return all(item.status.state in FINAL_STATES for item in [*jobs, *steps])
+
+
+async def _gather(*calls: Awaitable[T]) -> list[T]:
+    """Run ``calls`` concurrently; raise the first failure once all have finished."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+class SlurmScheduler:
+    """The ``Scheduler`` for Slurm, one instance per system."""
+
+    def __init__(
+        self,
+        settings: SchedulerSettings | None = None,
+        *,
+        recent_ttl: float = 60.0,
+        ended_ttl: float = 30.0,
+    ) -> None:
+        self.settings = settings or SchedulerSettings()
+        self.recent = RecentSubmissions(ttl=recent_ttl)
+        # lookups of ended jobs cost a sacct call (~90 ms): remember settled answers
+        self.ended: TtlCache[tuple[str, str], list[Job]] = TtlCache(ttl=ended_ttl)
+        self._sbatch_path: str | None = None
+        self._cluster = ""
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _run(
+        self, runner: CommandRunner, argv: Sequence[str], *, stdin: str | None = None
+    ) -> CommandResult:
+        return await runner.run(list(argv), stdin=stdin, timeout=self.settings.timeout)
+
+    @staticmethod
+    def _parsed(command: str, parse: Callable[[], T]) -> T:
+        try:
+            return parse()
+        except (SlurmOutputError, ValueError) as exc:
+            raise errors.BadGateway(f"Unexpected output from {command}: {exc}") from exc
+
+    async def _squeue(self, runner: CommandRunner, *selection: str) -> list[ActiveJob]:
+        argv = [*_EPOCH_TIMES, "squeue", "-h", "-r", "-t", "all", *selection]
+        result = await self._run(runner, [*argv, "-O", format_fields(SQUEUE_FIELDS)])
+        if not result.ok:
+            if _INVALID_JOB in result.stderr:
+                return []
+            raise unexpected("squeue", result.exit_status, result.stderr)
+        jobs = self._parsed("squeue", lambda: parse_squeue(result.stdout))
+        if jobs:
+            self._cluster = jobs[0].job.cluster
+        return jobs
+
+    async def _sacct(self, runner: CommandRunner, *selection: str) -> list[Job]:
+        argv = [*_EPOCH_TIMES, "sacct", "-n", "-p", f"--delimiter={FIELD_SEP}"]
+        result = await self._run(runner, [*argv, "-o", ",".join(SACCT_FIELDS), *selection])
+        if not result.ok:
+            raise unexpected("sacct", result.exit_status, result.stderr)
+        return self._parsed("sacct", lambda: parse_sacct(result.stdout))
+
+    async def _sbatch_command(self, runner: CommandRunner) -> str:
+        """sbatch's absolute path, for when the job's own PATH is set in its env."""
+        if self._sbatch_path is None:
+            found = await self._run(runner, ["sh", "-c", "command -v sbatch"])
+            path = found.stdout.strip()
+            valid = found.ok and path.startswith("/") and not re.search(r"[=\s\x00-\x1f]", path)
+            self._sbatch_path = path if valid else "sbatch"
+        return self._sbatch_path
+
+    # ------------------------------------------------------------ jobs
+
+    async def submit(self, runner: CommandRunner, description: JobDescription) -> str:
+        """``sbatch --parsable``; the script on stdin, or ``scriptPath`` as argument."""
+        options = build_sbatch_options(description, self.settings.extra_sbatch_options)
+        if description.env:
+            sbatch = "sbatch"
+            if "PATH" in description.env:
+                sbatch = await self._sbatch_command(runner)
+            assignments = [f"{name}={value}" for name, value in description.env.items()]
+            argv = ["env", *assignments, sbatch, "--export=ALL", *options]
+        else:
+            argv = ["sbatch", *options]
+        result = await self._run(runner, argv, stdin=description.script)
+        if not result.ok:
+            raise classify_sbatch_error(result.stderr)
+        job_id, cluster = self._parsed("sbatch", lambda: parse_sbatch_output(result.stdout))
+        self.recent.add(_user_key(runner), self._submitted(job_id, cluster, description, runner))
+        return job_id
+
+    def _submitted(
+        self, job_id: str, cluster: str | None, description: JobDescription, runner: CommandRunner
+    ) -> Job:
+        """The PENDING job that a submission is, until the scheduler lists it."""
+        name = description.name
+        if name is None:
+            name = posixpath.basename(description.script_path) if description.script_path else ""
+        nodes = description.nodes
+        count = int(str(nodes).split("-")[0]) if nodes is not None else 1
+        return Job(
+            job_id=job_id,
+            name=name or "sbatch",
+            status=JobStatus(state="PENDING", state_reason="Submitted"),
+            time=JobTime(
+                limit=parse_time_limit(description.time_limit) if description.time_limit else None
+            ),
+            account=description.account,
+            allocation_nodes=count,
+            cluster=cluster or self._cluster,
+            nodes="",
+            partition=description.partition or "",
+            user=_user_key(runner),
+            working_directory=description.working_directory,
+        )
+
+    async def job_entries(self, runner: CommandRunner, job_id: str) -> list[Job]:
+        """The job, or each task of an array, from squeue first and sacct if needed."""
+        job_id = validate_job_id(job_id)
+        user = _user_key(runner)
+        if user is not None and (settled := self.ended.get((user, job_id))) is not None:
+            return settled
+        entries = select_entries(job_id, [a.job for a in await self._squeue(runner, "-j", job_id)])
+        if entries and not any(e.status.state in TERMINAL_STATES for e in entries):
+            return entries
+        try:
+            accounted = drop_stale(entries, await self._sacct(runner, "-j", job_id))
+        except errors.ApiError:
+            if not entries:
+                raise
+            log.warning("sacct failed; job %s answered from squeue alone", job_id)
+            return entries
+        accounted = select_entries(job_id, accounted)
+        entries = select_entries(job_id, merge_jobs(entries, accounted))
+        if not entries:
+            recent = self.recent.get((user, job_id))
+            if recent is None:
+                raise errors.NotFound(f"Job not found: {job_id}")
+            return [recent]
+        if user is not None and _settled(entries, accounted):
+            self.ended.put((user, job_id), entries)
+        return entries
+
+    async def job(self, runner: CommandRunner, job_id: str) -> Job:
+        """One job; an array id gives a summary whose ``tasks`` are the array's tasks."""
+        entries = await self.job_entries(runner, job_id)
+        prefix = f"{job_id}_"
+        if "_" not in job_id and all(e.job_id.startswith(prefix) for e in entries):
+            return summarize_array(job_id, entries)
+        return entries[0]
+
+    async def jobs(
+        self,
+        runner: CommandRunner,
+        *,
+        all_users: bool = False,
+        name: str | None = None,
+        account: str | None = None,
+        time_window: str | None = None,
+    ) -> list[Job]:
+        """Active jobs (squeue) and those ended within ``time_window`` (sacct), merged."""
+        seconds = time_window_seconds(time_window)
+        active_sel: list[str] = [] if all_users else ["--me"]
+        accounted_sel = ["-S", f"now-{seconds}", "-E", "now", *(["-a"] if all_users else [])]
+        for option, value in (("name", name), ("account", account)):
+            if value is None:
+                continue
+            if not _FILTER.fullmatch(value):
+                raise errors.BadRequest(f"Invalid {option} filter")
+            if "," not in value:  # both commands take lists: filter exactly below
+                active_sel.append(f"--{option}={value}")
+                accounted_sel.append(f"--{option}={value}")
+        active, accounted = await _gather(
+            self._squeue(runner, *active_sel), self._sacct(runner, *accounted_sel)
+        )
+        listed = merge_jobs([a.job for a in active], accounted)
+        known = {job.job_id for job in listed}
+        user = _user_key(runner)
+        for job in self.recent.of_user(user):
+            if job.job_id not in known and not any(
+                j.job_id.startswith(f"{job.job_id}_") for j in listed
+            ):
+                listed.append(job)
+        return [
+            job
+            for job in listed
+            if (name is None or job.name == name) and (account is None or job.account == account)
+        ]
+
+    async def cancel(self, runner: CommandRunner, job_id: str) -> None:
+        """``scancel``; unknown → NotFound, another user's job → Forbidden."""
+        job_id = validate_job_id(job_id)
+        # -v: without it scancel 22.05 says nothing (and exits 0) for an unknown id
+        result = await self._run(runner, ["scancel", "-v", job_id])
+        stderr = result.stderr
+        if _INVALID_JOB in stderr:
+            raise errors.NotFound(f"Job not found: {job_id}")
+        if any(text in stderr for text in _DENIED):
+            raise errors.Forbidden(f"Not allowed to cancel job {job_id}: {slurm_message(stderr)}")
+        if is_unavailable(stderr):
+            raise unavailable("scancel", stderr)
+        if "already completing or completed" in stderr:
+            return
+        if not result.ok or "error:" in stderr:
+            raise unexpected("scancel", result.exit_status, stderr)
+
+    async def metadata(self, runner: CommandRunner, job_id: str) -> JobMetadata:
+        """Paths from ``scontrol show job``, the script from ``scontrol write batch_script``.
+
+        Both need the job in the controller's memory; for an older job the owner
+        gets the id alone, anybody else Forbidden.
+        """
+        job_id = validate_job_id(job_id)
+        shown, written = await _gather(
+            self._run(runner, ["scontrol", "show", "job", "--oneliner", job_id]),
+            self._run(runner, ["scontrol", "write", "batch_script", job_id, "-"]),
+        )
+        if not shown.ok:
+            if _INVALID_JOB in shown.stderr:
+                return await self._forgotten_metadata(runner, job_id)
+            raise unexpected("scontrol show job", shown.exit_status, shown.stderr)
+        records = self._parsed("scontrol", lambda: parse_scontrol_records(shown.stdout))
+        if not records:
+            raise errors.NotFound(f"Job not found: {job_id}")
+        record = next((r for r in records if r.get("JobId") == job_id), records[0])
+        problem = written.stderr
+        if any(text in problem for text in _DENIED):
+            raise errors.Forbidden(f"Not allowed to read the metadata of job {job_id}")
+        if is_unavailable(problem):
+            raise unavailable("scontrol write batch_script", problem)
+        script = written.stdout if written.ok and written.stdout else None
+        return parse_job_metadata(job_id, record, script)
+
+    async def _forgotten_metadata(self, runner: CommandRunner, job_id: str) -> JobMetadata:
+        accounted, me = await _gather(
+            self._sacct(runner, "-X", "-j", job_id), self._run(runner, ["id", "-un"])
+        )
+        entries = select_entries(job_id, accounted)
+        if not entries:
+            raise errors.NotFound(f"Job not found: {job_id}")
+        if not me.ok or entries[0].user != me.stdout.strip():
+            raise errors.Forbidden(f"Not allowed to read the metadata of job {job_id}")
+        return JobMetadata(job_id=job_id)
+
+    async def attach(self, runner: CommandRunner, job_id: str, command: str) -> None:
+        """``srun --overlap --jobid=N --nodes=1 --ntasks=1 bash -c COMMAND``, waited for.
+
+        The command is one argv element, interpreted by bash inside the job (as the
+        user asked); it must finish within the scheduler timeout.
+        """
+        job_id = validate_job_id(job_id)
+        command = validate_attach_command(command)
+        target = job_id
+        if "_" in job_id:  # srun --jobid wants the task's own numeric id
+            active = [a for a in await self._squeue(runner, "-j", job_id) if a.job.job_id == job_id]
+            if not active:
+                raise errors.NotFound(f"Job not found: {job_id}")
+            target = active[0].raw_id
+        argv = ["srun", "--overlap", f"--jobid={target}", "--nodes=1", "--ntasks=1"]
+        result = await self._run(runner, [*argv, "bash", "-c", command])
+        if result.ok:
+            return
+        stderr = result.stderr
+        message = slurm_message(stderr)
+        if _INVALID_JOB in stderr or "Invalid job id" in stderr:
+            raise errors.NotFound(f"Job not found: {job_id}")
+        if any(text in stderr for text in _DENIED):
+            raise errors.Forbidden(f"Not allowed to attach to job {job_id}: {message}")
+        if is_unavailable(stderr):
+            raise unavailable("srun", stderr)
+        if re.search(
+            r"pending execution|already (?:completing|completed|finished)|has ended"
+            r"|not running|Job/step already",
+            stderr,
+        ):
+            raise errors.BadRequest(f"Job {job_id} is not running: {message}")
+        if "Unable to create step" in stderr or "Unable to confirm allocation" in stderr:
+            raise errors.BadRequest(f"Cannot attach to job {job_id}: {message}")
+        raise errors.BadRequest(
+            f"The command failed in job {job_id} (exit status {result.exit_status}): {message}"
+        )
+
+    # ------------------------------------------------------------ cluster
+
+    async def nodes(self, runner: CommandRunner) -> list[Node]:
+        result = await self._run(runner, ["sinfo", "--json"])
+        if not result.ok:
+            raise unexpected("sinfo", result.exit_status, result.stderr)
+        return self._parsed("sinfo", lambda: parse_sinfo_nodes(result.stdout))
+
+    async def partitions(
+        self, runner: CommandRunner, *, show_hidden: bool = False
+    ) -> list[Partition]:
+        argv = ["scontrol", *(["--all"] if show_hidden else []), "show", "partition", "--oneliner"]
+        result = await self._run(runner, argv)
+        if not result.ok:
+            raise unexpected("scontrol show partition", result.exit_status, result.stderr)
+        return self._parsed("scontrol", lambda: parse_partitions(result.stdout))
+
+    async def reservations(self, runner: CommandRunner) -> list[Reservation]:
+        argv = [*_EPOCH_TIMES, "scontrol", "show", "reservation", "--oneliner"]
+        result = await self._run(runner, argv)
+        if not result.ok:
+            raise unexpected("scontrol show reservation", result.exit_status, result.stderr)
+        return self._parsed("scontrol", lambda: parse_reservations(result.stdout))
+
+    async def user_info(self, runner: CommandRunner) -> UserInfo:
+        """``id`` for user and groups; the Slurm accounts from ``sacctmgr`` when it answers."""
+        result = await self._run(runner, ["id"])
+        if not result.ok:
+            raise unexpected("id", result.exit_status, result.stderr)
+        identity = self._parsed("id", lambda: parse_id(result.stdout))
+        accounts = None
+        name = identity.user.name
+        if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}", name):
+            argv = ["sacctmgr", "-nP", "show", "user", f"names={name}", "withassoc"]
+            found = await self._run(runner, [*argv, "format=Account,DefaultAccount"])
+            if found.ok:
+                accounts = parse_accounts(found.stdout)
+            else:
+                log.info("sacctmgr failed for %s: %s", name, slurm_message(found.stderr))
+        return UserInfo(
+            user=identity.user, group=identity.group, groups=identity.groups, accounts=accounts
+        )
+
+    async def ping(self, runner: CommandRunner) -> None:
+        """``scontrol ping``: at least one controller (primary or backup) must be UP."""
+        result = await self._run(runner, ["scontrol", "ping"])
+        text = f"{result.stdout}\n{result.stderr}".strip()
+        if not result.ok or not re.search(r"\bis UP\b", result.stdout):
+            raise errors.ServiceUnavailable(
+                f"The Slurm controller does not answer: {slurm_message(text)}"
+            )
