@@ -94,6 +94,24 @@ class FileSystemSettings(_Model):
         return str(path)
 
 
+class FilesystemLimits(_Model):
+    """Bounds on the direct filesystem operations (``/filesystem/{system}/ops/*``)."""
+
+    max_ops_file_size: int = Field(
+        64 * 1024**3,
+        ge=0,
+        description="largest file ops/upload and ops/download move (streamed); 413 over it",
+    )
+    max_content_size: int = Field(
+        16 * 1024**2,
+        ge=1,
+        description="largest head/tail/view output (held in memory as JSON); 413 over it",
+    )
+    chunk_size: int = Field(
+        1024**2, ge=16 * 1024, le=64 * 1024**2, description="bytes per streamed read/write"
+    )
+
+
 class SchedulerSettings(_Model):
     """The cluster's workload manager."""
 
@@ -116,6 +134,7 @@ class SystemSettings(_Model):
     credentials: Credentials
     scheduler: SchedulerSettings = SchedulerSettings()
     filesystems: list[FileSystemSettings] = Field(default_factory=list)
+    filesystem_limits: FilesystemLimits = FilesystemLimits()
     required_scopes: list[str] = Field(
         default_factory=list, description="token scopes a caller must hold for this system"
     )

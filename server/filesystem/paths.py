@@ -1,0 +1,199 @@
+"""The path policy: which paths a request may name, checked before anything is touched.
+
+Always on, for every filesystem operation:
+
+* a path is a non-empty absolute POSIX path without NUL, CR or LF, at most
+  ``MAX_PATH_BYTES`` bytes of UTF-8 and ``MAX_COMPONENT_BYTES`` per component;
+* it never contains a ``..`` component: the cluster resolves ``..`` after following
+  symlinks, so a lexical fix-up could name a different file than the one checked;
+  such paths are refused (400), not rewritten. ``.`` components, repeated and
+  trailing slashes are normalised away;
+* it lies inside one of the system's configured filesystems, compared component
+  by component (``/home`` admits ``/home/x``, not ``/homework``); otherwise 403.
+
+For operations that write, ``WriteGuard`` also resolves the path on the cluster as
+the user (SFTP ``realpath``) and refuses (403) when a symlink leads outside the
+configured filesystems. That check and the write are two steps, so it is a guard
+against mistakes and confused deputies, not a sandbox: the cluster's own
+permissions, under which every operation runs as the user, remain the authority.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+import asyncssh
+
+from hpcgate.errors import BadRequest, Forbidden
+
+MAX_PATH_BYTES = 4096
+MAX_COMPONENT_BYTES = 255
+_FORBIDDEN_CHARACTERS = {"\x00": "NUL", "\n": "newline", "\r": "carriage return"}
+_SHOWN_CHARACTERS = 200
+
+
+def shown(path: str) -> str:
+    """``path`` made safe and short enough to quote in an error message."""
+    text = path if len(path) <= _SHOWN_CHARACTERS else path[:_SHOWN_CHARACTERS] + "..."
+    return text.encode("unicode_escape", errors="backslashreplace").decode("ascii")
+
+
+def normalise(raw: str, *, what: str = "path") -> str:
+    """``raw`` as a normal absolute path, or ``BadRequest`` saying why it is malformed."""
+    if not isinstance(raw, str) or not raw:
+        raise BadRequest(f"The {what} must not be empty")
+    for character, name in _FORBIDDEN_CHARACTERS.items():
+        if character in raw:
+            raise BadRequest(f"The {what} must not contain a {name}: {shown(raw)}")
+    try:
+        encoded = raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"The {what} is not valid UTF-8: {shown(raw)}") from None
+    if len(encoded) > MAX_PATH_BYTES:
+        raise BadRequest(f"The {what} is longer than {MAX_PATH_BYTES} bytes")
+    if not raw.startswith("/"):
+        raise BadRequest(f"The {what} must be absolute: {shown(raw)}")
+    parts = [part for part in raw.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise BadRequest(f"The {what} must not contain '..': {shown(raw)}")
+    for part in parts:
+        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+            raise BadRequest(
+                f"A component of the {what} is longer than {MAX_COMPONENT_BYTES} bytes"
+            )
+    return "/" + "/".join(parts)
+
+
+def validate_filename(raw: str) -> str:
+    """A single path component (an uploaded file's name), or ``BadRequest``."""
+    if not raw or raw in (".", ".."):
+        raise BadRequest(f"Invalid file name: {shown(raw)!r}")
+    if "/" in raw:
+        raise BadRequest(f"A file name must not contain '/': {shown(raw)}")
+    for character, name in _FORBIDDEN_CHARACTERS.items():
+        if character in raw:
+            raise BadRequest(f"A file name must not contain a {name}: {shown(raw)}")
+    if len(raw.encode("utf-8", errors="surrogatepass")) > MAX_COMPONENT_BYTES:
+        raise BadRequest(f"A file name must be at most {MAX_COMPONENT_BYTES} bytes")
+    return raw
+
+
+def is_within(path: str, root: str) -> bool:
+    """Whether normal path ``path`` is ``root`` or below it, component-wise."""
+    if root == "/":
+        return True
+    return path == root or path.startswith(root + "/")
+
+
+def join(directory: str, name: str) -> str:
+    """``directory/name`` for a normal directory and a validated file name."""
+    return directory.rstrip("/") + "/" + name
+
+
+def parent(path: str) -> str:
+    return posixpath.dirname(path) or "/"
+
+
+class PathPolicy:
+    """The lexical policy of one system: its configured filesystem roots."""
+
+    def __init__(self, system_name: str, roots: Iterable[str]) -> None:
+        self.system_name = system_name
+        self.roots: tuple[str, ...] = tuple(sorted({normalise(root) for root in roots}))
+
+    def root_of(self, path: str) -> str | None:
+        """The longest configured root containing normal ``path``, if any."""
+        inside = [root for root in self.roots if is_within(path, root)]
+        return max(inside, key=len) if inside else None
+
+    def check(self, raw: str, *, what: str = "path") -> str:
+        """``raw`` normalised, after checking it is well formed (400) and inside (403)."""
+        path = normalise(raw, what=what)
+        if self.root_of(path) is None:
+            if not self.roots:
+                raise Forbidden(f"System {self.system_name} has no filesystems configured")
+            raise Forbidden(
+                f"The {what} is outside the filesystems of system {self.system_name}: "
+                f"{shown(path)} (allowed: {', '.join(self.roots)})"
+            )
+        return path
+
+
+class RealpathClient(Protocol):
+    """What ``WriteGuard`` needs from an SFTP session (``asyncssh.SFTPClient``)."""
+
+    async def realpath(self, path: str) -> str: ...
+
+    async def lstat(self, path: str) -> asyncssh.SFTPAttrs: ...
+
+
+class WriteGuard:
+    """Refuses writes whose target or parents resolve outside the configured roots.
+
+    Create one per system and keep it: the real paths of the roots (a root may
+    itself be a symlink, say ``/home`` -> ``/gpfs/home``) are learned once.
+    """
+
+    def __init__(self, policy: PathPolicy) -> None:
+        self.policy = policy
+        self._real_roots: tuple[str, ...] | None = None
+
+    async def _allowed_roots(self, sftp: RealpathClient) -> tuple[str, ...]:
+        if self._real_roots is None:
+            real: set[str] = set()
+            for root in self.policy.roots:
+                try:
+                    real.add(normalise(await sftp.realpath(root)))
+                except (asyncssh.SFTPError, BadRequest):
+                    continue
+            self._real_roots = tuple(sorted(real))
+        return tuple(sorted({*self.policy.roots, *self._real_roots}))
+
+    async def check(self, sftp: RealpathClient, path: str, *, follow_final: bool) -> None:
+        """Check normal, policy-checked ``path`` for a write.
+
+        With ``follow_final`` the operation follows a symlink at ``path`` itself
+        (open for writing, chmod, tar -C): the target must resolve inside, and a
+        dangling symlink is refused. Otherwise only the parents are resolved (rm,
+        mkdir, symlink and rename act on the final component itself). Missing parents
+        are skipped up to the nearest existing one. ``Forbidden`` when outside;
+        SFTP errors (permission denied) pass through.
+        """
+        roots = await self._allowed_roots(sftp)
+        root = self.policy.root_of(path)
+        assert root is not None, "check the path with the policy first"
+        for candidate in _candidates(path, root, follow_final=follow_final):
+            try:
+                real = await sftp.realpath(candidate)
+            except asyncssh.SFTPNoSuchFile:
+                if await _exists_as_link(sftp, candidate):
+                    raise Forbidden(
+                        f"Refusing to write through a dangling symlink: {shown(candidate)}"
+                    ) from None
+                continue
+            if not any(is_within(normalise(real), allowed) for allowed in roots):
+                raise Forbidden(
+                    f"Refusing to write through a symlink that leads outside the "
+                    f"filesystems of system {self.policy.system_name}: {shown(path)}"
+                )
+            return
+
+
+def _candidates(path: str, root: str, *, follow_final: bool) -> Sequence[str]:
+    """``path`` (when followed) and then its parents, up to and including ``root``."""
+    found = [path] if follow_final else []
+    current = path
+    while current != root:
+        current = parent(current)
+        found.append(current)
+    return found
+
+
+async def _exists_as_link(sftp: RealpathClient, path: str) -> bool:
+    try:
+        attrs = await sftp.lstat(path)
+    except asyncssh.SFTPNoSuchFile:
+        return False
+    return attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK
