@@ -1,0 +1,1013 @@
+"""The filesystem interface over the pooled SSH connection's SFTP session.
+
+Listing, stat, readlink, reads, writes, mkdir, rm, rename, chmod, chown and symlink
+are SFTP requests on the user's one shared SFTP channel: no remote process per
+operation. Remote commands (as the user, argv quoted by the runner) only where
+SFTP cannot do the work: ``sha256sum``, ``file``, ``tar``, ``find``, ``cp`` and,
+for names no directory listing supplied, ``getent``.
+
+Each operation runs under the system's ``ssh.command_timeout`` (408 past it);
+streamed reads and writes apply it to every chunk instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import posixpath
+import stat as stat_module
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncssh
+
+from hpcgate.config import SystemSettings
+from hpcgate.errors import (
+    ApiError,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+)
+from hpcgate.filesystem import content
+from hpcgate.filesystem.base import Filesystem, ReadStream
+from hpcgate.filesystem.models import CompressionType, File, FileChecksum, FileContent, FileStat
+from hpcgate.filesystem.modes import Mode
+from hpcgate.filesystem.names import IdNames, valid_name
+from hpcgate.filesystem.paths import PathPolicy, WriteGuard, parent, shown
+from hpcgate.remote import CommandResult, CommandRunner
+from hpcgate.sshpool import SshPool
+
+_TYPE_LETTERS = {
+    stat_module.S_IFDIR: "d",
+    stat_module.S_IFLNK: "l",
+    stat_module.S_IFREG: "-",
+    stat_module.S_IFCHR: "c",
+    stat_module.S_IFBLK: "b",
+    stat_module.S_IFIFO: "p",
+    stat_module.S_IFSOCK: "s",
+}
+_SFTP_TYPES = {
+    asyncssh.FILEXFER_TYPE_DIRECTORY: stat_module.S_IFDIR,
+    asyncssh.FILEXFER_TYPE_SYMLINK: stat_module.S_IFLNK,
+    asyncssh.FILEXFER_TYPE_REGULAR: stat_module.S_IFREG,
+    asyncssh.FILEXFER_TYPE_CHAR_DEVICE: stat_module.S_IFCHR,
+    asyncssh.FILEXFER_TYPE_BLOCK_DEVICE: stat_module.S_IFBLK,
+    asyncssh.FILEXFER_TYPE_FIFO: stat_module.S_IFIFO,
+    asyncssh.FILEXFER_TYPE_SOCKET: stat_module.S_IFSOCK,
+}
+_TAR_FLAGS: dict[str, list[str]] = {"none": [], "gzip": ["-z"], "bzip2": ["-j"], "xz": ["-J"]}
+_REMOVE_CONCURRENCY = 32
+
+# (name shown in the listing, full path as the cluster spells it, lstat attrs, longname)
+_Row = tuple[str, bytes, asyncssh.SFTPAttrs, str | None]
+
+
+# -- per-system state shared by all requests ---------------------------------------
+
+
+class _SystemState:
+    """What one system's requests share: the path policy, write guard and names."""
+
+    def __init__(self, system: SystemSettings) -> None:
+        self.policy = PathPolicy(system.name, (fs.path for fs in system.filesystems))
+        self.guard = WriteGuard(self.policy)
+        self.names = IdNames()
+
+
+_STATE: weakref.WeakKeyDictionary[SshPool, dict[str, _SystemState]] = weakref.WeakKeyDictionary()
+
+
+def _state(pool: SshPool, system: SystemSettings) -> _SystemState:
+    systems = _STATE.setdefault(pool, {})
+    found = systems.get(system.name)
+    if found is None:
+        found = systems[system.name] = _SystemState(system)
+    return found
+
+
+# -- attribute helpers ------------------------------------------------------------
+
+
+def _mode_of(attrs: asyncssh.SFTPAttrs) -> int:
+    """st_mode, type bits included (OpenSSH sends them; derive them otherwise)."""
+    mode = attrs.permissions or 0
+    if not stat_module.S_IFMT(mode):
+        mode |= _SFTP_TYPES.get(attrs.type, 0)
+    return mode
+
+
+def _is_dir(attrs: asyncssh.SFTPAttrs) -> bool:
+    return stat_module.S_ISDIR(_mode_of(attrs))
+
+
+def _is_link(attrs: asyncssh.SFTPAttrs) -> bool:
+    return stat_module.S_ISLNK(_mode_of(attrs))
+
+
+def _is_regular(attrs: asyncssh.SFTPAttrs) -> bool:
+    return stat_module.S_ISREG(_mode_of(attrs))
+
+
+def permission_letters(mode: int) -> str:
+    """``rwxr-xr-x`` for ``mode``, with ``s``/``S`` and ``t``/``T`` as ``ls`` shows them."""
+    letters = []
+    for shift, special, special_letter in ((6, 0o4000, "s"), (3, 0o2000, "s"), (0, 0o1000, "t")):
+        bits = (mode >> shift) & 0o7
+        letters.append("r" if bits & 4 else "-")
+        letters.append("w" if bits & 2 else "-")
+        if mode & special:
+            letters.append(special_letter if bits & 1 else special_letter.upper())
+        else:
+            letters.append("x" if bits & 1 else "-")
+    return "".join(letters)
+
+
+def type_letter(mode: int) -> str:
+    return _TYPE_LETTERS.get(stat_module.S_IFMT(mode), "?")
+
+
+def _timestamp(seconds: int | None) -> str:
+    return datetime.fromtimestamp(seconds or 0).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _owner_columns(longname: str, attrs: asyncssh.SFTPAttrs) -> tuple[str, str] | None:
+    """User and group from an ``ls -l`` style longname, when it looks like one."""
+    fields = longname.split(None, 8)
+    if len(fields) < 9 or not fields[1].isdigit():
+        return None
+    if attrs.size is not None and fields[4] != str(attrs.size):
+        return None
+    return fields[2], fields[3]
+
+
+# -- errors -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _errors(path: str) -> Iterator[None]:
+    """Turn SFTP errors about ``path`` into the API's errors."""
+    try:
+        yield
+    except asyncssh.SFTPNoSuchFile:
+        raise NotFound(f"No such file or directory: {shown(path)}") from None
+    except asyncssh.SFTPPermissionDenied:
+        raise Forbidden(f"Permission denied: {shown(path)}") from None
+    except asyncssh.SFTPOpUnsupported as exc:
+        raise BadRequest(f"Not supported by the cluster's SFTP server: {exc.reason}") from None
+    except (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection):
+        raise
+    except asyncssh.SFTPError as exc:
+        reason = exc.reason if exc.reason and exc.reason != "Failure" else "operation failed"
+        raise BadRequest(f"{reason}: {shown(path)}") from None
+
+
+def _command_error(result: CommandResult, command: str) -> ApiError:
+    """The API error for a failed remote command, from what it printed."""
+    text = (result.stderr.strip() or result.stdout.strip())[-2000:]
+    message = text or f"{command} failed with exit status {result.exit_status}"
+    if "No such file or directory" in text:
+        return NotFound(message)
+    if "Permission denied" in text or "Operation not permitted" in text:
+        return Forbidden(message)
+    return BadRequest(message)
+
+
+# -- streams ----------------------------------------------------------------------
+
+
+class _SftpReadStream(ReadStream):
+    """Reads ``length`` bytes in chunks, fetching the next chunk while one is sent."""
+
+    def __init__(
+        self,
+        stack: AsyncExitStack,
+        handle: asyncssh.SFTPClientFile,
+        *,
+        offset: int,
+        length: int,
+        file_size: int,
+        chunk_size: int,
+        timeout: float,
+    ) -> None:
+        self._stack = stack
+        self._handle = handle
+        self.offset = offset
+        self.length = length
+        self.file_size = file_size
+        self._chunk_size = chunk_size
+        self._timeout = timeout
+        self._closed = False
+
+    async def _read(self, offset: int, size: int) -> bytes:
+        async with asyncio.timeout(self._timeout):
+            try:
+                data = await self._handle.read(size, offset)
+            except asyncssh.SFTPEOFError:
+                return b""
+        assert isinstance(data, bytes)
+        return data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        position, end = self.offset, self.offset + self.length
+        ahead: asyncio.Task[bytes] | None = None
+        try:
+            while position < end:
+                if ahead is None:
+                    ahead = asyncio.ensure_future(
+                        self._read(position, min(self._chunk_size, end - position))
+                    )
+                try:
+                    chunk = await ahead
+                except TimeoutError:
+                    raise RequestTimeout("Reading from the cluster timed out") from None
+                ahead = None
+                if not chunk:
+                    break
+                position += len(chunk)
+                if position < end:
+                    ahead = asyncio.ensure_future(
+                        self._read(position, min(self._chunk_size, end - position))
+                    )
+                yield chunk
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                await self._stack.aclose()
+
+
+# -- the implementation -----------------------------------------------------------
+
+
+class SftpFilesystem(Filesystem):
+    """``Filesystem`` for one user on one system, over the SSH pool.
+
+    Cheap to create: make one per request.
+    """
+
+    def __init__(
+        self, pool: SshPool, system: SystemSettings, username: str, runner: CommandRunner
+    ) -> None:
+        self._pool = pool
+        self._system = system
+        self._username = username
+        self._runner = runner
+        state = _state(pool, system)
+        self.policy = state.policy
+        self._guard = state.guard
+        self._names = state.names
+        self.limits = system.filesystem_limits
+        self._timeout = system.ssh.command_timeout
+
+    # -- plumbing -----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[asyncssh.SFTPClient]:
+        """The user's SFTP session, for one operation under the operation timeout."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._pool.sftp(self._system.name, self._username) as sftp:
+                    yield sftp
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The filesystem operation did not finish within {self._timeout:g} s"
+            ) from None
+
+    async def _run(self, argv: Sequence[str], *, stdin: str | None = None) -> CommandResult:
+        result = await self._runner.run(argv, stdin=stdin)
+        if not result.ok:
+            raise _command_error(result, argv[0])
+        return result
+
+    def _check(self, path: str, what: str = "path") -> str:
+        return self.policy.check(path, what=what)
+
+    async def _lstat(self, sftp: asyncssh.SFTPClient, path: str) -> asyncssh.SFTPAttrs:
+        with _errors(path):
+            return await sftp.lstat(path)
+
+    async def _stat(self, sftp: asyncssh.SFTPClient, path: str) -> asyncssh.SFTPAttrs:
+        with _errors(path):
+            return await sftp.stat(path)
+
+    async def _exists(self, sftp: asyncssh.SFTPClient, path: str) -> asyncssh.SFTPAttrs | None:
+        try:
+            return await sftp.lstat(path)
+        except asyncssh.SFTPNoSuchFile:
+            return None
+
+    async def _guard_write(
+        self, sftp: asyncssh.SFTPClient, path: str, *, follow_final: bool
+    ) -> None:
+        with _errors(path):
+            await self._guard.check(sftp, path, follow_final=follow_final)
+
+    # -- describing entries ---------------------------------------------------------
+
+    async def _entries(
+        self,
+        sftp: asyncssh.SFTPClient,
+        rows: Sequence[_Row],
+        *,
+        numeric_uid: bool,
+        dereference: bool,
+    ) -> list[File]:
+        """Files for (shown name, full path as bytes, lstat attrs, longname) rows."""
+        attrs_list = [attrs for _, _, attrs, _ in rows]
+        links = [index for index, attrs in enumerate(attrs_list) if _is_link(attrs)]
+        if dereference and links:
+            followed = await asyncio.gather(
+                *(self._followed(sftp, rows[i][1], attrs_list[i]) for i in links)
+            )
+            for index, attrs in zip(links, followed, strict=True):
+                attrs_list[index] = attrs
+            links = [index for index in links if _is_link(attrs_list[index])]
+        targets: list[str | None] = [None] * len(rows)
+        if links:
+            found = await asyncio.gather(*(self._link_target(sftp, rows[i][1]) for i in links))
+            for index, target in zip(links, found, strict=True):
+                targets[index] = target
+        if not numeric_uid:
+            for (_, _, original, longname), attrs in zip(rows, attrs_list, strict=True):
+                if longname and attrs is original:
+                    owners = _owner_columns(longname, attrs)
+                    if owners is not None:
+                        self._names.learn(attrs.uid, owners[0], attrs.gid, owners[1])
+            await self._names.resolve(
+                self._runner,
+                {a.uid for a in attrs_list if a.uid is not None},
+                {a.gid for a in attrs_list if a.gid is not None},
+            )
+        files = []
+        for (name, _, _, _), attrs, target in zip(rows, attrs_list, targets, strict=True):
+            mode = _mode_of(attrs)
+            uid, gid = attrs.uid or 0, attrs.gid or 0
+            files.append(
+                File(
+                    name=name,
+                    type=type_letter(mode),
+                    link_target=target,
+                    user=str(uid) if numeric_uid else self._names.user(uid),
+                    group=str(gid) if numeric_uid else self._names.group(gid),
+                    permissions=permission_letters(mode),
+                    last_modified=_timestamp(attrs.mtime),
+                    size=str(attrs.size or 0),
+                )
+            )
+        return files
+
+    async def _followed(
+        self, sftp: asyncssh.SFTPClient, path: str | bytes, attrs: asyncssh.SFTPAttrs
+    ) -> asyncssh.SFTPAttrs:
+        """The attributes of a symlink's target; the link's own if it dangles."""
+        try:
+            return await sftp.stat(path)
+        except asyncssh.SFTPError:
+            return attrs
+
+    async def _link_target(self, sftp: asyncssh.SFTPClient, path: bytes) -> str | None:
+        try:
+            target = await sftp.readlink(path)
+        except asyncssh.SFTPError:
+            return None
+        return target.decode("utf-8", errors="replace") if isinstance(target, bytes) else target
+
+    async def _describe(
+        self, sftp: asyncssh.SFTPClient, path: str, *, numeric_uid: bool, dereference: bool
+    ) -> File:
+        attrs = await self._lstat(sftp, path)
+        [entry] = await self._entries(
+            sftp,
+            [(path, _raw(path), attrs, None)],
+            numeric_uid=numeric_uid,
+            dereference=dereference,
+        )
+        return entry
+
+    # -- reading ------------------------------------------------------------------
+
+    async def ls(
+        self,
+        path: str,
+        *,
+        show_hidden: bool = False,
+        numeric_uid: bool = False,
+        recursive: bool = False,
+        dereference: bool = False,
+    ) -> list[File]:
+        path = self._check(path)
+        async with self._session() as sftp:
+            attrs = await self._lstat(sftp, path)
+            if _is_link(attrs) and dereference:
+                attrs = await self._followed(sftp, path, attrs)
+            if not _is_dir(attrs):
+                return await self._entries(
+                    sftp,
+                    [(path, _raw(path), attrs, None)],
+                    numeric_uid=numeric_uid,
+                    dereference=False,
+                )
+            files: list[File] = []
+            await self._list_into(
+                sftp,
+                files,
+                _raw(path),
+                "",
+                show_hidden=show_hidden,
+                numeric_uid=numeric_uid,
+                recursive=recursive,
+                dereference=dereference,
+            )
+            return files
+
+    async def _list_into(
+        self,
+        sftp: asyncssh.SFTPClient,
+        files: list[File],
+        directory: bytes,
+        prefix: str,
+        *,
+        show_hidden: bool,
+        numeric_uid: bool,
+        recursive: bool,
+        dereference: bool,
+    ) -> None:
+        """Append ``directory``'s entries, then (recursive) each subdirectory's, like ls -R."""
+        with _errors(_shown_raw(directory)):
+            listing = await sftp.readdir(directory)
+        rows: list[_Row] = []
+        for entry in listing:
+            raw = entry.filename
+            assert isinstance(raw, bytes)
+            if raw in (b".", b"..") or (raw.startswith(b".") and not show_hidden):
+                continue
+            longname = entry.longname
+            text = longname.decode("utf-8", "replace") if isinstance(longname, bytes) else longname
+            rows.append((prefix + _shown_raw(raw), directory + b"/" + raw, entry.attrs, text))
+        rows.sort(key=lambda row: row[1])
+        listed = await self._entries(sftp, rows, numeric_uid=numeric_uid, dereference=dereference)
+        files.extend(listed)
+        if not recursive:
+            return
+        for (name, full, attrs, _), entry in zip(rows, listed, strict=True):
+            if entry.type == "d" and not _is_link(attrs):
+                await self._list_into(
+                    sftp,
+                    files,
+                    full,
+                    name + "/",
+                    show_hidden=show_hidden,
+                    numeric_uid=numeric_uid,
+                    recursive=True,
+                    dereference=dereference,
+                )
+
+    async def describe(
+        self, path: str, *, numeric_uid: bool = False, dereference: bool = False
+    ) -> File:
+        path = self._check(path)
+        async with self._session() as sftp:
+            return await self._describe(
+                sftp, path, numeric_uid=numeric_uid, dereference=dereference
+            )
+
+    async def stat(self, path: str, *, dereference: bool = False) -> FileStat:
+        path = self._check(path)
+        async with self._session() as sftp:
+            attrs = await (self._stat if dereference else self._lstat)(sftp, path)
+        mtime = attrs.mtime or 0
+        return FileStat(
+            mode=_mode_of(attrs),
+            ino=0,
+            dev=0,
+            nlink=attrs.nlink or 1,
+            uid=attrs.uid or 0,
+            gid=attrs.gid or 0,
+            size=attrs.size or 0,
+            atime=attrs.atime or 0,
+            mtime=mtime,
+            ctime=attrs.ctime or mtime,
+        )
+
+    async def readlink(self, path: str) -> str:
+        path = self._check(path)
+        async with self._session() as sftp:
+            attrs = await self._lstat(sftp, path)
+            if not _is_link(attrs):
+                raise BadRequest(f"Not a symbolic link: {shown(path)}")
+            with _errors(path):
+                target = await sftp.readlink(path)
+        assert isinstance(target, str)
+        return target
+
+    @asynccontextmanager
+    async def _open_regular(
+        self, sftp: asyncssh.SFTPClient, path: str
+    ) -> AsyncIterator[tuple[asyncssh.SFTPClientFile, int]]:
+        """An open regular file and its size (FIFOs and devices would block the session)."""
+        attrs = await self._stat(sftp, path)
+        if _is_dir(attrs):
+            raise BadRequest(f"Is a directory: {shown(path)}")
+        if not _is_regular(attrs):
+            raise BadRequest(f"Not a regular file: {shown(path)}")
+        with _errors(path):
+            handle = await sftp.open(path, "rb", encoding=None)
+        try:
+            yield handle, attrs.size or 0
+        finally:
+            with contextlib.suppress(asyncssh.Error, OSError):
+                await handle.close()
+
+    @staticmethod
+    def _reader(handle: asyncssh.SFTPClientFile) -> content.Reader:
+        async def read(offset: int, length: int) -> bytes:
+            try:
+                data = await handle.read(length, offset)
+            except asyncssh.SFTPEOFError:
+                return b""
+            assert isinstance(data, bytes)
+            return data
+
+        return read
+
+    async def head(
+        self,
+        path: str,
+        *,
+        bytes_: int | None = None,
+        lines: int | None = None,
+        skip_trailing: bool = False,
+    ) -> FileContent:
+        _check_counts(bytes_, lines)
+        path = self._check(path)
+        async with self._session() as sftp, self._open_regular(sftp, path) as (handle, size):
+            with _errors(path):
+                data = await content.head(
+                    self._reader(handle),
+                    size,
+                    bytes_=bytes_,
+                    lines=lines,
+                    skip_trailing=skip_trailing,
+                    limit=self.limits.max_content_size,
+                )
+        count = bytes_ if bytes_ is not None else (10 if lines is None else lines)
+        return FileContent(
+            content=data.decode("utf-8", errors="replace"),
+            content_type="bytes" if bytes_ is not None else "lines",
+            start_position=0,
+            end_position=-count if skip_trailing else count,
+        )
+
+    async def tail(
+        self,
+        path: str,
+        *,
+        bytes_: int | None = None,
+        lines: int | None = None,
+        skip_heading: bool = False,
+    ) -> FileContent:
+        _check_counts(bytes_, lines)
+        path = self._check(path)
+        async with self._session() as sftp, self._open_regular(sftp, path) as (handle, size):
+            with _errors(path):
+                data = await content.tail(
+                    self._reader(handle),
+                    size,
+                    bytes_=bytes_,
+                    lines=lines,
+                    skip_heading=skip_heading,
+                    limit=self.limits.max_content_size,
+                )
+        count = bytes_ if bytes_ is not None else (10 if lines is None else lines)
+        return FileContent(
+            content=data.decode("utf-8", errors="replace"),
+            content_type="bytes" if bytes_ is not None else "lines",
+            start_position=count if skip_heading else -count,
+            end_position=-1,
+        )
+
+    async def read_range(self, path: str, offset: int, length: int) -> bytes:
+        if offset < 0:
+            raise BadRequest("`offset` value must be an integer value equal or greater than 0")
+        if length < 0:
+            raise BadRequest("`size` value must be an integer value greater than 0")
+        if length > self.limits.max_content_size:
+            raise BadRequest(f"`size` value must be at most {self.limits.max_content_size} bytes")
+        path = self._check(path)
+        async with self._session() as sftp, self._open_regular(sftp, path) as (handle, size):
+            end = min(size, offset + length)
+            if end <= offset:
+                return b""
+            with _errors(path):
+                return await self._reader(handle)(offset, end - offset)
+
+    async def view(self, path: str, *, offset: int = 0, size: int | None = None) -> str:
+        if size is not None and size <= 0:
+            raise BadRequest("`size` value must be an integer value greater than 0")
+        length = self.limits.max_content_size if size is None else size
+        data = await self.read_range(path, offset, length)
+        return data.decode("utf-8", errors="replace")
+
+    async def open_read(
+        self, path: str, *, offset: int = 0, length: int | None = None
+    ) -> ReadStream:
+        path = self._check(path)
+        if offset < 0 or (length is not None and length < 0):
+            raise BadRequest("The range to read must not be negative")
+        stack = AsyncExitStack()
+        try:
+            sftp = await stack.enter_async_context(
+                self._pool.sftp(self._system.name, self._username)
+            )
+            async with asyncio.timeout(self._timeout):
+                handle, size = await stack.enter_async_context(self._open_regular(sftp, path))
+        except TimeoutError:
+            await stack.aclose()
+            raise RequestTimeout("Opening the file on the cluster timed out") from None
+        except BaseException:
+            await stack.aclose()
+            raise
+        if size > self.limits.max_ops_file_size:
+            await stack.aclose()
+            raise PayloadTooLarge(
+                f"The file is larger than the direct download limit of "
+                f"{self.limits.max_ops_file_size} bytes; use transfer/download"
+            )
+        start = min(offset, size)
+        available = size - start
+        return _SftpReadStream(
+            stack,
+            handle,
+            offset=start,
+            length=available if length is None else min(length, available),
+            file_size=size,
+            chunk_size=self.limits.chunk_size,
+            timeout=self._timeout,
+        )
+
+    async def checksum(self, path: str) -> FileChecksum:
+        path = self._check(path)
+        async with self._session() as sftp:
+            attrs = await self._stat(sftp, path)
+        if _is_dir(attrs):
+            raise BadRequest(f"Is a directory: {shown(path)}")
+        if not _is_regular(attrs):
+            raise BadRequest(f"Not a regular file: {shown(path)}")
+        result = await self._run(["sha256sum", "--", path])
+        digest = result.stdout.split(maxsplit=1)[0].lstrip("\\") if result.stdout else ""
+        if len(digest) != 64:
+            raise BadRequest(f"sha256sum gave no checksum for {shown(path)}")
+        return FileChecksum(algorithm="SHA256", checksum=digest)
+
+    async def file_type(self, path: str) -> str:
+        path = self._check(path)
+        async with self._session() as sftp:
+            await self._lstat(sftp, path)
+        result = await self._run(["file", "-b", "--", path])
+        return result.stdout.strip()
+
+    # -- writing ------------------------------------------------------------------
+
+    async def write_stream(
+        self,
+        path: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        offset: int = 0,
+        truncate: bool = True,
+        max_size: int | None = None,
+    ) -> int:
+        path = self._check(path)
+        if offset < 0:
+            raise BadRequest("The write offset must not be negative")
+        limit = self.limits.max_ops_file_size if max_size is None else max_size
+        async with self._pool.sftp(self._system.name, self._username) as sftp:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    handle, created = await self._open_for_write(sftp, path, truncate=truncate)
+            except TimeoutError:
+                raise RequestTimeout("Opening the file on the cluster timed out") from None
+            written = 0
+            try:
+                written = await self._write_chunks(handle, chunks, path, offset, limit)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await handle.close()
+                if created:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(sftp.remove(path))
+                raise
+            with _errors(path):
+                await handle.close()
+        return written
+
+    async def _open_for_write(
+        self, sftp: asyncssh.SFTPClient, path: str, *, truncate: bool
+    ) -> tuple[asyncssh.SFTPClientFile, bool]:
+        await self._guard_write(sftp, path, follow_final=True)
+        try:
+            existing: asyncssh.SFTPAttrs | None = await sftp.stat(path)
+        except asyncssh.SFTPNoSuchFile:
+            existing = None
+        except asyncssh.SFTPError:
+            existing = None
+        if existing is not None and _is_dir(existing):
+            raise BadRequest(f"Is a directory: {shown(path)}")
+        if existing is not None and not _is_regular(existing):
+            raise BadRequest(f"Not a regular file: {shown(path)}")
+        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT
+        if truncate:
+            flags |= asyncssh.FXF_TRUNC
+        with _errors(path):
+            handle = await sftp.open(path, flags, encoding=None)
+        return handle, existing is None
+
+    async def _write_chunks(
+        self,
+        handle: asyncssh.SFTPClientFile,
+        chunks: AsyncIterable[bytes],
+        path: str,
+        offset: int,
+        limit: int,
+    ) -> int:
+        """Write in ``chunk_size`` blocks, one block in flight while the next arrives."""
+        block = self.limits.chunk_size
+        buffer = bytearray()
+        position = offset
+        total = 0
+        pending: asyncio.Task[Any] | None = None
+
+        async def flush(data: bytes, at: int) -> None:
+            nonlocal pending
+            if pending is not None:
+                await self._await_write(pending, path)
+            pending = asyncio.ensure_future(handle.write(data, at))
+
+        try:
+            async for chunk in chunks:
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(
+                        f"The upload exceeds the direct upload limit of {limit} bytes; "
+                        "use transfer/upload"
+                    )
+                buffer += chunk
+                if len(buffer) >= block:
+                    await flush(bytes(buffer), position)
+                    position += len(buffer)
+                    buffer.clear()
+            if buffer:
+                await flush(bytes(buffer), position)
+            if pending is not None:
+                await self._await_write(pending, path)
+                pending = None
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+        return total
+
+    async def _await_write(self, task: asyncio.Task[Any], path: str) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                with _errors(path):
+                    await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()
+            raise RequestTimeout("Writing to the cluster timed out") from None
+
+    async def mkdir(self, path: str, *, parents: bool = False) -> File:
+        path = self._check(path)
+        async with self._session() as sftp:
+            await self._guard_write(sftp, path, follow_final=False)
+            if parents:
+                await self._make_parents(sftp, path)
+            else:
+                await self._make_one(sftp, path)
+            return await self._describe(sftp, path, numeric_uid=False, dereference=False)
+
+    async def _make_one(self, sftp: asyncssh.SFTPClient, path: str) -> None:
+        try:
+            with _errors(path):
+                await sftp.mkdir(path)
+        except BadRequest:
+            if await self._exists(sftp, path) is not None:
+                raise BadRequest(f"cannot create directory '{shown(path)}': File exists") from None
+            raise
+
+    async def _make_parents(self, sftp: asyncssh.SFTPClient, path: str) -> None:
+        """mkdir -p: create the missing directories from the deepest existing one."""
+        missing: list[str] = []
+        current = path
+        root = self.policy.root_of(path)
+        while True:
+            found = await self._exists_followed(sftp, current)
+            if found is not None:
+                if not _is_dir(found):
+                    raise BadRequest(f"Not a directory: {shown(current)}")
+                break
+            missing.append(current)
+            if current == root or current == "/":
+                break
+            current = parent(current)
+        for directory in reversed(missing):
+            try:
+                await self._make_one(sftp, directory)
+            except BadRequest:
+                found = await self._exists_followed(sftp, directory)
+                if found is None or not _is_dir(found):
+                    raise
+
+    async def _exists_followed(
+        self, sftp: asyncssh.SFTPClient, path: str
+    ) -> asyncssh.SFTPAttrs | None:
+        with _errors(path):
+            try:
+                return await sftp.stat(path)
+            except asyncssh.SFTPNoSuchFile:
+                return None
+
+    async def remove(self, path: str) -> None:
+        path = self._check(path)
+        if path in self.policy.roots:
+            raise Forbidden(f"Refusing to remove a filesystem root: {shown(path)}")
+        async with self._session() as sftp:
+            await self._guard_write(sftp, path, follow_final=False)
+            attrs = await self._lstat(sftp, path)
+            if _is_dir(attrs):
+                await self._remove_tree(sftp, _raw(path))
+            else:
+                with _errors(path):
+                    await sftp.remove(path)
+
+    async def _remove_tree(self, sftp: asyncssh.SFTPClient, directory: bytes) -> None:
+        """rm -r without following symlinks (readdir attributes are lstat's)."""
+        shown_directory = _shown_raw(directory)
+        with _errors(shown_directory):
+            listing = await sftp.readdir(directory)
+        subdirectories: list[bytes] = []
+        files: list[bytes] = []
+        for entry in listing:
+            name = entry.filename
+            assert isinstance(name, bytes)
+            if name in (b".", b".."):
+                continue
+            (subdirectories if _is_dir(entry.attrs) else files).append(directory + b"/" + name)
+        for start in range(0, len(files), _REMOVE_CONCURRENCY):
+            batch = files[start : start + _REMOVE_CONCURRENCY]
+            with _errors(shown_directory):
+                await asyncio.gather(*(sftp.remove(name) for name in batch))
+        for subdirectory in subdirectories:
+            await self._remove_tree(sftp, subdirectory)
+        try:
+            with _errors(shown_directory):
+                await sftp.rmdir(directory)
+        except BadRequest:
+            raise BadRequest(f"Directory not empty: {shown(shown_directory)}") from None
+
+    async def rename(self, source: str, target: str) -> None:
+        source = self._check(source, "source path")
+        target = self._check(target, "target path")
+        async with self._session() as sftp:
+            await self._guard_write(sftp, source, follow_final=False)
+            await self._guard_write(sftp, target, follow_final=False)
+            await self._lstat(sftp, source)
+            with _errors(target):
+                if sftp.supports_extension("posix-rename@openssh.com"):
+                    await sftp.posix_rename(source, target)
+                else:
+                    await sftp.rename(source, target)
+
+    async def chmod(self, path: str, mode: str) -> File:
+        parsed = Mode.parse(mode)
+        path = self._check(path)
+        async with self._session() as sftp:
+            await self._guard_write(sftp, path, follow_final=True)
+            current = await self._stat(sftp, path)
+            new_mode = parsed.apply(_mode_of(current), is_dir=_is_dir(current))
+            with _errors(path):
+                await sftp.chmod(path, new_mode)
+            return await self._describe(sftp, path, numeric_uid=False, dereference=False)
+
+    async def chown(self, path: str, owner: str = "", group: str = "") -> File:
+        if not owner and not group:
+            raise BadRequest("Give an owner, a group or both")
+        if owner:
+            valid_name(owner, "user")
+        if group:
+            valid_name(group, "group")
+        path = self._check(path)
+        uid = await self._names.id_of(self._runner, "passwd", owner) if owner else None
+        if owner and uid is None:
+            raise BadRequest(f"No such user on system {self._system.name}: {owner!r}")
+        gid = await self._names.id_of(self._runner, "group", group) if group else None
+        if group and gid is None:
+            raise BadRequest(f"No such group on system {self._system.name}: {group!r}")
+        async with self._session() as sftp:
+            await self._guard_write(sftp, path, follow_final=True)
+            current = await self._stat(sftp, path)
+            with _errors(path):
+                await sftp.chown(
+                    path,
+                    uid=current.uid if uid is None else uid,
+                    gid=current.gid if gid is None else gid,
+                )
+            return await self._describe(sftp, path, numeric_uid=False, dereference=False)
+
+    async def symlink(self, target: str, link: str) -> File:
+        target = self._check(target, "source path")
+        link = self._check(link, "link path")
+        async with self._session() as sftp:
+            await self._guard_write(sftp, link, follow_final=False)
+            try:
+                with _errors(link):
+                    await sftp.symlink(target, link)
+            except BadRequest:
+                if await self._exists(sftp, link) is not None:
+                    raise BadRequest(
+                        f"cannot create symbolic link '{shown(link)}': File exists"
+                    ) from None
+                raise
+            return await self._describe(sftp, link, numeric_uid=False, dereference=False)
+
+    async def copy(self, source: str, target: str) -> None:
+        source = self._check(source, "source path")
+        target = self._check(target, "target path")
+        async with self._session() as sftp:
+            await self._guard_write(sftp, target, follow_final=True)
+            await self._lstat(sftp, source)
+        await self._run(["cp", "-R", "-P", "--preserve=mode,timestamps", "--", source, target])
+
+    async def compress(
+        self,
+        source: str,
+        target: str,
+        *,
+        match_pattern: str | None = None,
+        dereference: bool = False,
+        compression: CompressionType = "gzip",
+    ) -> None:
+        source = self._check(source, "source path")
+        target = self._check(target, "target path")
+        if source in ("/",):
+            raise BadRequest("Cannot archive the root directory")
+        async with self._session() as sftp:
+            await self._guard_write(sftp, target, follow_final=True)
+            await self._lstat(sftp, source)
+        directory, name = posixpath.split(source)
+        options = [*_TAR_FLAGS[compression], *(["--dereference"] if dereference else [])]
+        if not match_pattern:
+            await self._run(["tar", "-c", *options, "-f", target, "-C", directory, "--", name])
+            return
+        found = await self._run(
+            ["env", "-C", directory, "find", "./" + name, "-type", "f",
+             "-regex", match_pattern, "-print0"]
+        )  # fmt: skip
+        await self._run(
+            ["tar", "-c", *options, "-f", target, "-C", directory, "--null", "--files-from=-"],
+            stdin=found.stdout,
+        )
+
+    async def extract(
+        self, source: str, target: str, *, compression: CompressionType = "gzip"
+    ) -> None:
+        source = self._check(source, "source path")
+        target = self._check(target, "target path")
+        async with self._session() as sftp:
+            await self._guard_write(sftp, target, follow_final=True)
+            attrs = await self._stat(sftp, source)
+            if not _is_regular(attrs):
+                raise BadRequest(f"Not a regular file: {shown(source)}")
+            if not _is_dir(await self._stat(sftp, target)):
+                raise BadRequest(f"Not a directory: {shown(target)}")
+        await self._run(["tar", "-x", *_TAR_FLAGS[compression], "-f", source, "-C", target])
+
+
+def _raw(path: str) -> bytes:
+    return path.encode("utf-8")
+
+
+def _shown_raw(path: bytes) -> str:
+    """A path or name from the cluster as text (undecodable bytes replaced)."""
+    return path.decode("utf-8", errors="replace")
+
+
+def _check_counts(bytes_: int | None, lines: int | None) -> None:
+    if bytes_ is not None and lines is not None:
+        raise BadRequest("Only one of `bytes` or `lines` can be specified.")
+    for name, value in (("bytes", bytes_), ("lines", lines)):
+        if value is not None and value < 0:
+            raise BadRequest(f"`{name}` must not be negative")
