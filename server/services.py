@@ -49,8 +49,9 @@ def system_probes(
         await scheduler.ping(runner)
         if system.name not in versions:
             version = await runner.run(["sinfo", "--version"])
-            if version.ok:
-                versions[system.name] = version.stdout.strip()
+            if version.ok and version.stdout.split():
+                # "slurm-wlm 22.05.8" -> "22.05.8"
+                versions[system.name] = version.stdout.split()[-1]
 
     def stat(path: str) -> Callable[[], Awaitable[None]]:
         async def check() -> None:

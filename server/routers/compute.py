@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
-from pydantic import BeforeValidator
+from fastapi import APIRouter, Response, status
+from pydantic import BeforeValidator, StringConstraints
 
 from hpcgate.dependencies import SystemDep
-from hpcgate.scheduler.models import Job, JobMetadata, JobSubmitRequest, JobSubmitResponse
-from hpcgate.wire import WireModel
+from hpcgate.scheduler.models import (
+    AttachRequest,
+    JobMetadataResponse,
+    JobsResponse,
+    JobSubmitRequest,
+    JobSubmitResponse,
+)
 
 router = APIRouter(prefix="/compute/{system_name}", tags=["compute"])
 
@@ -19,22 +24,14 @@ def _blank_is_none(value: object) -> object:
     return None if value == "" else value
 
 
-OptionalFilter = Annotated[str | None, BeforeValidator(_blank_is_none)]
-TimeWindow = Annotated[
-    Literal["1h", "8h", "24h", "3d", "7d"] | None, BeforeValidator(_blank_is_none)
-]
+def _filter(max_length: int) -> object:
+    text = Annotated[str, StringConstraints(max_length=max_length)]
+    return Annotated[text | None, BeforeValidator(_blank_is_none)]
 
 
-class JobsResponse(WireModel):
-    jobs: list[Job] | None
-
-
-class JobMetadataResponse(WireModel):
-    jobs: list[JobMetadata] | None
-
-
-class AttachRequest(WireModel):
-    command: str
+AccountFilter = _filter(256)
+NameFilter = _filter(235)
+TimeWindow = _filter(16)  # 1h, 8h, 24h, 3d, 7d (or <n>m/h/d); checked by the scheduler
 
 
 @router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobSubmitResponse)
@@ -49,8 +46,8 @@ async def submit_job(ctx: SystemDep, body: JobSubmitRequest) -> JobSubmitRespons
 async def list_jobs(
     ctx: SystemDep,
     allusers: bool = False,
-    account: Annotated[OptionalFilter, Query(max_length=256)] = None,
-    name: Annotated[OptionalFilter, Query(max_length=235)] = None,
+    account: AccountFilter = None,
+    name: NameFilter = None,
     time_window: TimeWindow = None,
 ) -> JobsResponse:
     """The caller's jobs (all visible jobs with `allusers=true`), active and recent."""
@@ -65,7 +62,7 @@ async def list_jobs(
 async def get_job(ctx: SystemDep, job_id: str) -> JobsResponse:
     """One job (an array job answers with one entry per task)."""
     ctx.ensure_healthy("scheduler")
-    return JobsResponse(jobs=await ctx.scheduler.job(ctx.runner, job_id))
+    return JobsResponse(jobs=await ctx.scheduler.job_entries(ctx.runner, job_id))
 
 
 @router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -9,7 +9,12 @@ from fastapi import APIRouter
 from hpcgate.config import SystemSettings
 from hpcgate.dependencies import PrincipalDep, ServicesDep, SystemDep
 from hpcgate.health import ServiceHealth
-from hpcgate.scheduler.models import Node, Partition, Reservation, UserInfo
+from hpcgate.scheduler.models import (
+    NodesResponse,
+    PartitionsResponse,
+    ReservationsResponse,
+    UserInfo,
+)
 from hpcgate.services import Services
 from hpcgate.wire import WireModel
 
@@ -65,18 +70,6 @@ class SystemsResponse(WireModel):
 class Liveness(WireModel):
     healthcheck_runs: dict[str, datetime]
     last_update: int | None
-
-
-class NodesResponse(WireModel):
-    nodes: list[Node]
-
-
-class PartitionsResponse(WireModel):
-    partitions: list[Partition]
-
-
-class ReservationsResponse(WireModel):
-    reservations: list[Reservation]
 
 
 def _describe(system: SystemSettings, services: Services) -> System:
