@@ -502,15 +502,26 @@ class HiddenListings:
     """Delegates to a runner but makes squeue and sacct list nothing (a lagging
     scheduler), to show that a job just submitted is still answered."""
 
-    def __init__(self, runner: SshRunner) -> None:
+    def __init__(self, runner: CommandRunner) -> None:
         self.runner = runner
-        self.username = runner.username
 
     async def run(
         self, argv: Sequence[str], *, stdin: str | bytes | None = None, timeout: float | None = None
     ) -> CommandResult:
         if "squeue" in argv or "sacct" in argv:
             return CommandResult(0, "", "")
+        return await self.runner.run(argv, stdin=stdin, timeout=timeout)
+
+
+class Anonymous:
+    """A runner that does not say whose it is (the scheduler asks ``id -un``)."""
+
+    def __init__(self, runner: SshRunner) -> None:
+        self.runner = runner
+
+    async def run(
+        self, argv: Sequence[str], *, stdin: str | bytes | None = None, timeout: float | None = None
+    ) -> CommandResult:
         return await self.runner.run(argv, stdin=stdin, timeout=timeout)
 
 
@@ -598,6 +609,18 @@ async def test_inline_script_completes(
         await asyncio.sleep(0.2)
         done = await scheduler.job(user1, job_id)
     assert await read(user1, f"{workdir}/ok-{job_id}.out") == f"hello from {job_id}\n"
+    # once accounting has settled, a lookup of the ended job is a single squeue call
+    deadline = time.monotonic() + 10
+    while True:
+        before = len(user1.calls)
+        again = await scheduler.job(user1, job_id)
+        if [name for name, _ in user1.calls[before:]] == ["squeue"]:
+            break
+        assert time.monotonic() < deadline, "ended job never answered from the cache"
+        await asyncio.sleep(0.2)
+    assert again.status == done.status
+    batch = {t.id: t.status.state for t in again.tasks or []}
+    assert batch[f"{job_id}.batch"] == "COMPLETED"
 
 
 @pytest.mark.site
@@ -804,27 +827,32 @@ async def test_script_path_and_extra_options(
 
 
 @pytest.mark.site
+@pytest.mark.parametrize("says_who", [True, False], ids=["named-runner", "anonymous-runner"])
 async def test_a_job_just_submitted_is_never_not_found(
-    scheduler: SlurmScheduler, user1: SshRunner, user2: SshRunner, workdir: str, tag: str
+    user1: SshRunner, user2: SshRunner, workdir: str, tag: str, says_who: bool
 ) -> None:
+    scheduler = SlurmScheduler(SchedulerSettings(timeout=30))
+    first: CommandRunner = user1 if says_who else Anonymous(user1)
+    second: CommandRunner = user2 if says_who else Anonymous(user2)
     job_id = await scheduler.submit(
-        user1,
+        first,
         describe(working_directory=workdir, name=f"{tag}-now", script="#!/bin/bash\ntrue\n"),
     )
-    seen = await scheduler.job(user1, job_id)  # straight after sbatch
+    seen = await scheduler.job(first, job_id)  # straight after sbatch
     assert seen.job_id == job_id
-    lagging = HiddenListings(user1)
+    lagging = HiddenListings(first)
     synthesized = await scheduler.job(lagging, job_id)
     assert synthesized.status.state == "PENDING" and synthesized.name == f"{tag}-now"
     assert synthesized.working_directory == workdir and synthesized.user == "hpcuser1"
     assert job_id in [j.job_id for j in await scheduler.jobs(lagging)]
     with pytest.raises(errors.NotFound):  # the record is per user
-        await scheduler.job(HiddenListings(user2), job_id)
+        await scheduler.job(HiddenListings(second), job_id)
+    assert job_id not in [j.job_id for j in await scheduler.jobs(HiddenListings(second))]
     with pytest.raises(errors.NotFound, match="Job not found"):
-        await scheduler.job(user1, "999999999")
+        await scheduler.job(first, "999999999")
     with pytest.raises(errors.BadRequest):
-        await scheduler.job(user1, "1;id")
-    await wait_for(scheduler, user1, job_id, ENDED)
+        await scheduler.job(first, "1;id")
+    await wait_for(scheduler, first, job_id, ENDED)
 
 
 @pytest.mark.site

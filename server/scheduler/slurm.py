@@ -30,7 +30,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from hpcgate import errors
 from hpcgate.config import SchedulerSettings
@@ -157,9 +157,9 @@ def build_sbatch_options(
 
 
 def _user_key(runner: CommandRunner) -> str | None:
-    """The runner's user, if it says (``username`` attribute), for per-user records."""
+    """The runner's user if it says so (a ``username`` attribute); else ask ``id -un``."""
     user = getattr(runner, "username", None)
-    return user if isinstance(user, str) else None
+    return user if isinstance(user, str) and user else None
 
 
 K = TypeVar("K")
@@ -232,13 +232,17 @@ def _settled(entries: Sequence[Job], accounted: Sequence[Job]) -> bool:
     return all(item.status.state in FINAL_STATES for item in [*jobs, *steps])
 
 
-async def _gather(*calls: Awaitable[T]) -> list[T]:
+async def _value(value: T) -> T:
+    return value
+
+
+async def _gather(*calls: Awaitable[Any]) -> list[Any]:
     """Run ``calls`` concurrently; raise the first failure once all have finished."""
     results = await asyncio.gather(*calls, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    return results  # type: ignore[return-value]
+    return results
 
 
 class SlurmScheduler:
@@ -253,8 +257,10 @@ class SlurmScheduler:
     ) -> None:
         self.settings = settings or SchedulerSettings()
         self.recent = RecentSubmissions(ttl=recent_ttl)
-        # lookups of ended jobs cost a sacct call (~90 ms): remember settled answers
-        self.ended: TtlCache[tuple[str, str], list[Job]] = TtlCache(ttl=ended_ttl)
+        # Accounting's settled records of ended jobs (a sacct call costs ~90 ms), by job
+        # id. Used only once squeue has shown the caller the job, ended: that lookup
+        # is also the visibility check, so the cache is safe to share between users.
+        self.ended: TtlCache[str, list[Job]] = TtlCache(ttl=ended_ttl)
         self._sbatch_path: str | None = None
         self._cluster = ""
 
@@ -300,6 +306,14 @@ class SlurmScheduler:
             self._sbatch_path = path if valid else "sbatch"
         return self._sbatch_path
 
+    async def _whoami(self, runner: CommandRunner) -> str | None:
+        """The runner's user name: its ``username`` attribute, or ``id -un`` (~5 ms)."""
+        user = _user_key(runner)
+        if user is None:
+            found = await self._run(runner, ["id", "-un"])
+            user = found.stdout.strip() if found.ok and found.stdout.strip() else None
+        return user
+
     # ------------------------------------------------------------ jobs
 
     async def submit(self, runner: CommandRunner, description: JobDescription) -> str:
@@ -313,15 +327,21 @@ class SlurmScheduler:
             argv = ["env", *assignments, sbatch, "--export=ALL", *options]
         else:
             argv = ["sbatch", *options]
-        result = await self._run(runner, argv, stdin=description.script)
+        user = _user_key(runner)
+        # who submitted is learned alongside sbatch when the runner does not say
+        result, user = await _gather(
+            self._run(runner, argv, stdin=description.script),
+            self._whoami(runner) if user is None else _value(user),
+        )
         if not result.ok:
             raise classify_sbatch_error(result.stderr)
         job_id, cluster = self._parsed("sbatch", lambda: parse_sbatch_output(result.stdout))
-        self.recent.add(_user_key(runner), self._submitted(job_id, cluster, description, runner))
+        if user is not None:
+            self.recent.add(user, self._submitted(job_id, cluster, description, user))
         return job_id
 
     def _submitted(
-        self, job_id: str, cluster: str | None, description: JobDescription, runner: CommandRunner
+        self, job_id: str, cluster: str | None, description: JobDescription, user: str
     ) -> Job:
         """The PENDING job that a submission is, until the scheduler lists it."""
         name = description.name
@@ -341,19 +361,19 @@ class SlurmScheduler:
             cluster=cluster or self._cluster,
             nodes="",
             partition=description.partition or "",
-            user=_user_key(runner),
+            user=user,
             working_directory=description.working_directory,
         )
 
     async def job_entries(self, runner: CommandRunner, job_id: str) -> list[Job]:
         """The job, or each task of an array, from squeue first and sacct if needed."""
         job_id = validate_job_id(job_id)
-        user = _user_key(runner)
-        if user is not None and (settled := self.ended.get((user, job_id))) is not None:
-            return settled
         entries = select_entries(job_id, [a.job for a in await self._squeue(runner, "-j", job_id)])
         if entries and not any(e.status.state in TERMINAL_STATES for e in entries):
             return entries
+        settled = self.ended.get(job_id) if entries else None
+        if settled is not None and {e.job_id for e in settled} == {e.job_id for e in entries}:
+            return merge_jobs(entries, settled)
         try:
             accounted = drop_stale(entries, await self._sacct(runner, "-j", job_id))
         except errors.ApiError:
@@ -362,15 +382,17 @@ class SlurmScheduler:
             log.warning("sacct failed; job %s answered from squeue alone", job_id)
             return entries
         accounted = select_entries(job_id, accounted)
-        entries = select_entries(job_id, merge_jobs(entries, accounted))
-        if not entries:
-            recent = self.recent.get((user, job_id))
-            if recent is None:
-                raise errors.NotFound(f"Job not found: {job_id}")
-            return [recent]
-        if user is not None and _settled(entries, accounted):
-            self.ended.put((user, job_id), entries)
-        return entries
+        merged = select_entries(job_id, merge_jobs(entries, accounted))
+        if merged:
+            if entries and _settled(entries, accounted):
+                self.ended.put(job_id, accounted)
+            return merged
+        if len(self.recent):
+            user = await self._whoami(runner)
+            recent = self.recent.get((user, job_id)) if user is not None else None
+            if recent is not None:
+                return [recent]
+        raise errors.NotFound(f"Job not found: {job_id}")
 
     async def job(self, runner: CommandRunner, job_id: str) -> Job:
         """One job; an array id gives a summary whose ``tasks`` are the array's tasks."""
@@ -401,17 +423,15 @@ class SlurmScheduler:
             if "," not in value:  # both commands take lists: filter exactly below
                 active_sel.append(f"--{option}={value}")
                 accounted_sel.append(f"--{option}={value}")
-        active, accounted = await _gather(
-            self._squeue(runner, *active_sel), self._sacct(runner, *accounted_sel)
+        active, accounted, user = await _gather(
+            self._squeue(runner, *active_sel),
+            self._sacct(runner, *accounted_sel),
+            self._whoami(runner) if len(self.recent) else _value(None),
         )
         listed = merge_jobs([a.job for a in active], accounted)
-        known = {job.job_id for job in listed}
-        user = _user_key(runner)
-        for job in self.recent.of_user(user):
-            if job.job_id not in known and not any(
-                j.job_id.startswith(f"{job.job_id}_") for j in listed
-            ):
-                listed.append(job)
+        known = {job.job_id.split("_", 1)[0] for job in listed}
+        if user is not None:
+            listed.extend(job for job in self.recent.of_user(user) if job.job_id not in known)
         return [
             job
             for job in listed
