@@ -9,7 +9,11 @@ Measured on the local site (Slurm 22.05, one SSH connection reused): ``squeue``
 ~90 ms, ``sacctmgr`` ~180 ms. So a job lookup asks ``squeue -t all`` first (the
 controller keeps ended jobs for ``MinJobAge``, 300 s by default, exit codes
 included) and only falls back to ``sacct`` for older jobs or for the steps of an
-ended one.
+ended one; settled accounting answers are then cached for ``ended_ttl`` seconds, so
+polling an ended job costs one squeue. (``squeue --json`` ignores ``-j``/``-u`` in
+22.05 and reports raw wait statuses; ``squeue -O`` with a separator is used
+instead.) Jobs this server submitted are remembered per user for ``recent_ttl``
+seconds and answered as PENDING if the scheduler does not list them yet.
 
 Environment variables of a job description are given to ``sbatch`` through
 ``env NAME=VALUE ... sbatch --export=ALL``: each assignment is one argv element, so
