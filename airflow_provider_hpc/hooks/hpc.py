@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 from airflow.sdk import BaseHook
+from pydantic import ValidationError
 
 from airflow_provider_hpc import __version__
 from airflow_provider_hpc.exceptions import (
@@ -110,6 +111,8 @@ class HpcConnectionConfig:
 
     @classmethod
     def from_connection(cls, conn: Any, extra: Mapping[str, Any]) -> HpcConnectionConfig:
+        # Values from older forms may carry the ``extra__hpc__`` prefix.
+        extra = {str(k).removeprefix("extra__hpc__"): v for k, v in extra.items()}
         host = (conn.host or extra.get("api_url") or "").strip()
         if not host:
             raise HpcError(f"connection {conn.conn_id!r}: set the API URL in host")
@@ -264,11 +267,23 @@ class HpcHook(BaseHook):
     async def aget_conn(self) -> httpx.AsyncClient:
         """The (cached) ``httpx.AsyncClient``; built off the event loop (it reads CA files)."""
         if self._aclient is None:
-            options = self._client_options(await self.aget_config())
-            if isinstance(self.transport, httpx.AsyncBaseTransport):
-                options["transport"] = self.transport
-            self._aclient = await asyncio.to_thread(httpx.AsyncClient, **options)
+            config = await self.aget_config()
+            self._aclient = await asyncio.to_thread(self._new_async_client, config)
         return self._aclient
+
+    def _new_async_client(self, config: HpcConnectionConfig) -> httpx.AsyncClient:
+        options = self._client_options(config)
+        if isinstance(self.transport, httpx.AsyncBaseTransport):
+            options["transport"] = self.transport
+        return httpx.AsyncClient(**options)
+
+    def fresh(self) -> HpcHook:
+        """A hook with this one's settings and parsed connection but its own clients
+        (for ``on_kill``, which may interrupt a request of this hook's client)."""
+        other = HpcHook(self.hpc_conn_id, system=self.system, retry=self.retry)
+        other.transport = self.transport
+        other._config = self._config
+        return other
 
     def close(self) -> None:
         if self._client is not None:
@@ -485,10 +500,10 @@ class HpcHook(BaseHook):
             return response
 
     def _run(self, call: api.ApiCall[T]) -> T:
-        return call.parse(self._send(call))
+        return _parse(call, self._send(call))
 
     async def _arun(self, call: api.ApiCall[T]) -> T:
-        return call.parse(await self._asend(call))
+        return _parse(call, await self._asend(call))
 
     # ------------------------------------------------------------------ status
 
@@ -739,6 +754,19 @@ class HpcHook(BaseHook):
     ) -> FileContent:
         sysname = await self._aresolve_system(system)
         return await self._arun(api.tail(sysname, path, lines=lines, nbytes=nbytes))
+
+
+def _parse(call: api.ApiCall[T], response: httpx.Response) -> T:
+    """Read a successful answer; a malformed one is an error, not a crash."""
+    try:
+        return call.parse(response)
+    except (ValueError, ValidationError) as exc:
+        raise HpcApiError(
+            response.status_code,
+            f"unexpected answer: {exc}".splitlines()[0][:300],
+            method=call.method,
+            url=str(response.request.url.copy_with(query=None)),
+        ) from exc
 
 
 def _newest_named(jobs: list[Job], name: str | None) -> list[Job]:

@@ -311,7 +311,9 @@ class HpcSubmitJobOperator(BaseOperator):
         if not (self.cancel_on_kill and self._job_id and self._system):
             return
         try:
-            self.hook.cancel_job(self._job_id, system=self._system)
+            # A fresh client: on_kill runs in a signal handler that may have interrupted
+            # a request of self.hook's client (and its pool lock).
+            self.hook.fresh().cancel_job(self._job_id, system=self._system)
             self.log.info("Cancelled job %s on %s", self._job_id, self._system)
         except HpcError as exc:
             self.log.warning("Could not cancel job %s: %s", self._job_id, exc)
@@ -334,13 +336,16 @@ class HpcSubmitJobOperator(BaseOperator):
         record = _store_get(store)
         if record and record.get("system") == system:
             found = self._job_if_alive(str(record["job_id"]), system)
-            if found is not None and record.get("generation") == identity.generation:
+            same_group = record.get("generation") == identity.generation
+            if found is not None and same_group:
                 if not found.terminal or found.succeeded:
                     self.log.info(
                         "Re-attaching to job %s (%s) from an earlier try", found.job_id, found.state
                     )
                     return found.job_id, found
                 after = found.job_id
+            elif found is None and same_group:
+                after = str(record["job_id"])  # gone from the scheduler: do not reuse its key
             elif found is not None and not found.terminal:
                 self.log.warning(
                     "Task was cleared: cancelling job %s of the previous run (%s)",
@@ -516,6 +521,8 @@ class _OutputFollower:
     """Stream new stdout lines into the task log while the worker polls (best effort)."""
 
     CHUNK = 1 << 20
+    #: Stop following after this much output (the tail is still logged at the end).
+    LIMIT = 16 << 20
 
     def __init__(self, hook: HpcHook, system: str, job_id: str, log: Any) -> None:
         self.hook, self.system, self.job_id, self.log = hook, system, job_id, log
@@ -539,6 +546,10 @@ class _OutputFollower:
                     self.enabled = False
                     return
             size = self.hook.stat(self.path, system=self.system).size
+            if size > self.LIMIT:
+                self.log.info("Job output is over %d bytes: no longer following it", self.LIMIT)
+                self.enabled = False
+                return
             while self.offset < size:
                 text = self.hook.view(
                     self.path,
@@ -583,7 +594,7 @@ def report_job_output(
             continue
         if label == "stderr" and path == stdout:
             return tails.get("stdout", "")
-        if label == "stdout" and follower is not None and follower.started:
+        if label == "stdout" and follower is not None and follower.started and follower.enabled:
             follower.follow()
             continue
         try:

@@ -79,6 +79,10 @@ class HpcFileTrigger(BaseTrigger):
                         yield self._event("error", message=str(exc))
                         return
                     self.log.warning("Cannot check %s yet: %s", self.path, exc)
+                except Exception as exc:  # never raise out of run(): report it once
+                    self.log.exception("Unexpected error while checking %s", self.path)
+                    yield self._event("error", message=f"{type(exc).__name__}: {exc}")
+                    return
                 else:
                     yield self._event("success", stat.size)
                     return

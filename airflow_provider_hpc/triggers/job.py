@@ -122,6 +122,10 @@ class HpcJobTrigger(BaseTrigger):
                     self.log.warning(
                         "Job %s status unavailable (%s); retry in %.0f s", self.job_id, exc, wait
                     )
+                except Exception as exc:  # never raise out of run(): report it once
+                    self.log.exception("Unexpected error while waiting for job %s", self.job_id)
+                    yield self._event(ERROR, last, f"{type(exc).__name__}: {exc}")
+                    return
                 else:
                     budget.reset()
                     errors = 0
