@@ -1,0 +1,117 @@
+"""Fixtures for the provider's unit tests: no server, no site, no metadata database.
+
+``fake_api`` stands in for the server's HTTP API (``httpx.MockTransport``) and is wired
+into every ``HpcHook`` created during the test; ``hpc_default`` (static token) and
+``hpc_oauth`` (client credentials) connections come from ``AIRFLOW_CONN_*`` variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+# Before anything imports airflow: keep its home (config, logs) out of the user's.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="hpc-provider-airflow-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+from airflow_provider_hpc.hooks import hpc as hook_module
+from airflow_provider_hpc.hooks.auth import TOKEN_CACHE
+from airflow_provider_hpc.hooks.hpc import HpcHook
+from airflow_provider_hpc.operators import job as job_module
+from tests.provider.fakeapi import BASE_URL, SYSTEM, TOKEN_URL, FakeHpcApi
+
+STATIC_CONN = {
+    "conn_type": "hpc",
+    "host": BASE_URL,
+    "password": "static-token-123",
+    "extra": {"system": SYSTEM},
+}
+OAUTH_CONN = {
+    "conn_type": "hpc",
+    "host": BASE_URL,
+    "extra": {
+        "system": SYSTEM,
+        "auth_method": "oauth2",
+        "token_url": TOKEN_URL,
+        "client_id": "airflow",
+        "client_secret": "s3cret-value",
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def hpc_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_HPC_DEFAULT", json.dumps(STATIC_CONN))
+    monkeypatch.setenv("AIRFLOW_CONN_HPC_OAUTH", json.dumps(OAUTH_CONN))
+    TOKEN_CACHE.clear()
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the hook's and operator's back-off sleeps instead of sleeping."""
+    slept: list[float] = []
+
+    async def asleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(hook_module, "_sleep", slept.append)
+    monkeypatch.setattr(hook_module, "_asleep", asleep)
+    monkeypatch.setattr(job_module, "_sleep", slept.append)
+    return slept
+
+
+@pytest.fixture
+def fake_api(monkeypatch: pytest.MonkeyPatch, sleeps: list[float]) -> Iterator[FakeHpcApi]:
+    api = FakeHpcApi()
+    monkeypatch.setattr(HpcHook, "transport", api.transport)
+    yield api
+
+
+@pytest.fixture
+def hook(fake_api: FakeHpcApi) -> Iterator[HpcHook]:
+    hook = HpcHook()
+    yield hook
+    hook.close()
+
+
+class FakeStore:
+    """The task state store: a dict that survives "retries" within a test."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any, *, retention: Any = None) -> None:
+        self.data[key] = json.loads(json.dumps(value))
+
+
+class FakeTI:
+    def __init__(self, task_id: str = "submit", map_index: int = -1, try_number: int = 1) -> None:
+        self.dag_id, self.task_id, self.run_id = "example", task_id, "manual__2026-01-01"
+        self.map_index, self.try_number = map_index, try_number
+        self.xcoms: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcoms[key] = value
+
+    def xcom_pull(self, task_ids: Any = None, key: str = "return_value", **_: Any) -> Any:
+        return self.xcoms.get(key)
+
+
+def make_context(
+    store: FakeStore | None = None, *, clear_number: int = 0, ti: FakeTI | None = None
+) -> dict[str, Any]:
+    """A task context with what the provider reads (ti, dag_run, task_state_store)."""
+    return {
+        "ti": ti or FakeTI(),
+        "dag_run": SimpleNamespace(clear_number=clear_number, run_id="manual__2026-01-01"),
+        "task_state_store": store if store is not None else FakeStore(),
+    }

@@ -1,0 +1,352 @@
+"""An in-memory stand-in for the server's HTTP API, for the provider's unit tests only.
+
+It implements the subset of the FirecREST v2 wire API the provider calls, behind an
+``httpx.MockTransport``; integration tests use the real server instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+
+TOKEN_URL = "https://idp.test/token"
+BASE_URL = "http://hpc.test"
+SYSTEM = "hpcsite"
+
+
+@dataclass
+class FakeJob:
+    job_id: str
+    name: str
+    working_directory: str
+    plan: list[str]
+    exit_code: int = 0
+    spec: dict[str, Any] = field(default_factory=dict)
+    polls: int = 0
+
+    @property
+    def state(self) -> str:
+        return self.plan[min(self.polls, len(self.plan) - 1)]
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "jobId": self.job_id,
+            "name": self.name,
+            "status": {
+                "state": self.state,
+                "stateReason": None,
+                "exitCode": self.exit_code if self.state not in ("PENDING", "RUNNING") else None,
+            },
+            "time": {"elapsed": 1},
+            "allocationNodes": 1,
+            "cluster": "cluster",
+            "nodes": "n1",
+            "partition": "debug",
+            "user": "hpcuser",
+            "workingDirectory": self.working_directory,
+        }
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(
+        status, json={"errorType": "error", "message": message, "user": "hpcuser"}, headers=headers
+    )
+
+
+def _multipart_file(request: httpx.Request) -> tuple[str, bytes]:
+    boundary = request.headers["content-type"].split("boundary=")[1].encode()
+    for part in request.content.split(b"--" + boundary):
+        head, _, body = part.partition(b"\r\n\r\n")
+        match = re.search(rb'name="file"; filename="([^"]*)"', head)
+        if match:
+            return match.group(1).decode(), body.removesuffix(b"\r\n")
+    raise AssertionError("no file part")
+
+
+class FakeHpcApi:
+    """State + request log; ``inject`` queues canned answers for matching requests."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, FakeJob] = {}
+        self.files: dict[str, bytes] = {}
+        self.dirs: set[str] = {"/", "/scratch", "/scratch/hpcuser"}
+        self.requests: list[httpx.Request] = []
+        self.next_id = 1000
+        self.plan = ["PENDING", "RUNNING", "COMPLETED"]
+        self.exit_code = 0
+        self.idempotency: dict[str, str] | None = None  # None: the server ignores the header
+        self.tokens_issued = 0
+        self.token_lifetime = 3600
+        self.valid_tokens: set[str] = {"static-token-123"}
+        self.bad_checksum = False
+        self._injected: list[tuple[Callable[[httpx.Request], bool], Any]] = []
+        self.transport = httpx.MockTransport(self.handle)
+
+    # ------------------------------------------------------------------ test helpers
+
+    def inject(self, method: str, path_re: str, *answers: Any) -> None:
+        """Answer the next matching requests with ``answers`` (Response, or exception to raise,
+        or a callable(request) -> Response that may also change state)."""
+        pattern = re.compile(path_re)
+        for answer in answers:
+            self._injected.append(
+                (
+                    lambda r, m=method, p=pattern: r.method == m and bool(p.search(r.url.path)),
+                    answer,
+                )
+            )
+
+    def add_job(
+        self, name: str = "external", plan: list[str] | None = None, exit_code: int = 0
+    ) -> FakeJob:
+        job_id = str(self.next_id)
+        self.next_id += 1
+        job = FakeJob(job_id, name, "/scratch/hpcuser", list(plan or self.plan), exit_code)
+        self.jobs[job_id] = job
+        self.files[f"/scratch/hpcuser/slurm-{job_id}.out"] = b"line 1\nline 2\nresult=42\n"
+        self.files[f"/scratch/hpcuser/slurm-{job_id}.err"] = b"warning: something\nerror: boom\n"
+        return job
+
+    def calls(self, method: str, path_re: str = "") -> list[httpx.Request]:
+        pattern = re.compile(path_re)
+        return [r for r in self.requests if r.method == method and pattern.search(r.url.path)]
+
+    @property
+    def submissions(self) -> list[httpx.Request]:
+        return self.calls("POST", r"/compute/[^/]+/jobs$")
+
+    @property
+    def cancels(self) -> list[httpx.Request]:
+        return self.calls("DELETE", r"/compute/[^/]+/jobs/")
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        for index, (matches, answer) in enumerate(self._injected):
+            if matches(request):
+                del self._injected[index]
+                if isinstance(answer, BaseException):
+                    raise answer
+                return answer(request) if callable(answer) else answer
+        if str(request.url) == TOKEN_URL:
+            return self._token(request)
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if token not in self.valid_tokens:
+            return _error(401, "invalid token")
+        path = unquote(request.url.path)
+        for pattern, handler in self._routes():
+            match = re.fullmatch(pattern, path)
+            if match and handler[0] == request.method:
+                return handler[1](request, *match.groups())
+        return _error(404, f"no route {request.method} {path}")
+
+    def _routes(self) -> list[tuple[str, tuple[str, Any]]]:
+        return [
+            (r"/status/systems", ("GET", self._systems)),
+            (r"/compute/([^/]+)/jobs", ("POST", self._submit)),
+            (r"/compute/([^/]+)/jobs", ("GET", self._list)),
+            (r"/compute/([^/]+)/jobs/([^/]+)", ("GET", self._get)),
+            (r"/compute/([^/]+)/jobs/([^/]+)", ("DELETE", self._cancel)),
+            (r"/compute/([^/]+)/jobs/([^/]+)/metadata", ("GET", self._metadata)),
+            (r"/filesystem/([^/]+)/ops/tail", ("GET", self._tail)),
+            (r"/filesystem/([^/]+)/ops/view", ("GET", self._view)),
+            (r"/filesystem/([^/]+)/ops/stat", ("GET", self._stat)),
+            (r"/filesystem/([^/]+)/ops/checksum", ("GET", self._checksum)),
+            (r"/filesystem/([^/]+)/ops/download", ("GET", self._download)),
+            (r"/filesystem/([^/]+)/ops/upload", ("POST", self._upload)),
+            (r"/filesystem/([^/]+)/ops/mkdir", ("POST", self._mkdir)),
+            (r"/filesystem/([^/]+)/ops/rm", ("DELETE", self._rm)),
+            (r"/filesystem/([^/]+)/transfer/(mv|cp)", ("POST", self._transfer)),
+        ]
+
+    # ------------------------------------------------------------------ auth + status
+
+    def _token(self, request: httpx.Request) -> httpx.Response:
+        form = dict(pair.split("=", 1) for pair in request.content.decode().split("&"))
+        if form.get("client_secret") != "s3cret-value":
+            return httpx.Response(401, json={"error": "invalid_client"})
+        self.tokens_issued += 1
+        token = f"oauth-token-{self.tokens_issued}"
+        self.valid_tokens.add(token)
+        return httpx.Response(
+            200,
+            json={"access_token": token, "expires_in": self.token_lifetime, "token_type": "Bearer"},
+        )
+
+    def _systems(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"systems": [{"name": SYSTEM, "fileSystems": []}]})
+
+    # ------------------------------------------------------------------ compute
+
+    def _submit(self, request: httpx.Request, system: str) -> httpx.Response:
+        body = json.loads(request.content)["job"]
+        key = request.headers.get("idempotency-key")
+        if self.idempotency is not None and key in self.idempotency:
+            return httpx.Response(201, json={"jobId": self.idempotency[key]})
+        job = self.add_job(body.get("name") or "job", exit_code=self.exit_code)
+        job.working_directory = body["workingDirectory"]
+        job.spec = body
+        if self.idempotency is not None and key:
+            self.idempotency[key] = job.job_id
+        return httpx.Response(201, json={"jobId": job.job_id})
+
+    def _list(self, request: httpx.Request, system: str) -> httpx.Response:
+        name = request.url.params.get("name")
+        jobs = [j.wire() for j in self.jobs.values() if name is None or j.name == name]
+        return httpx.Response(200, json={"jobs": jobs})
+
+    def _job(self, job_id: str) -> FakeJob | None:
+        return self.jobs.get(job_id)
+
+    def _get(self, request: httpx.Request, system: str, job_id: str) -> httpx.Response:
+        job = self._job(job_id)
+        if job is None:
+            return _error(404, f"Job not found: {job_id}")
+        answer = httpx.Response(200, json={"jobs": [job.wire()]})
+        job.polls += 1
+        return answer
+
+    def _cancel(self, request: httpx.Request, system: str, job_id: str) -> httpx.Response:
+        job = self._job(job_id)
+        if job is None:
+            return _error(404, f"Job not found: {job_id}")
+        if job.state not in ("PENDING", "RUNNING"):
+            return _error(400, f"job {job_id} has already finished")
+        job.plan, job.polls, job.exit_code = ["CANCELLED"], 0, 15
+        return httpx.Response(204)
+
+    def _metadata(self, request: httpx.Request, system: str, job_id: str) -> httpx.Response:
+        job = self._job(job_id)
+        if job is None:
+            return _error(404, f"Job not found: {job_id}")
+        meta = {
+            "jobId": job_id,
+            "script": "#!/bin/bash\n",
+            "standardOutput": f"slurm-{job_id}.out",
+            "standardError": f"/scratch/hpcuser/slurm-{job_id}.err",
+        }
+        return httpx.Response(200, json={"jobs": [meta]})
+
+    # ------------------------------------------------------------------ filesystem
+
+    def _file(self, request: httpx.Request) -> tuple[str, bytes | None]:
+        path = request.url.params["path"]
+        return path, self.files.get(path)
+
+    def _tail(self, request: httpx.Request, system: str) -> httpx.Response:
+        path, data = self._file(request)
+        if data is None:
+            return _error(404, f"{path}: No such file or directory")
+        lines = int(request.url.params.get("lines", 10))
+        text = "".join(data.decode().splitlines(keepends=True)[-lines:])
+        return httpx.Response(
+            200,
+            json={
+                "output": {
+                    "content": text,
+                    "contentType": "lines",
+                    "startPosition": 0,
+                    "endPosition": 0,
+                }
+            },
+        )
+
+    def _view(self, request: httpx.Request, system: str) -> httpx.Response:
+        path, data = self._file(request)
+        if data is None:
+            return _error(404, f"{path}: No such file or directory")
+        offset = int(request.url.params.get("offset", 0))
+        size = int(request.url.params.get("size", len(data)))
+        return httpx.Response(200, json={"output": data[offset : offset + size].decode()})
+
+    def _stat(self, request: httpx.Request, system: str) -> httpx.Response:
+        path, data = self._file(request)
+        if data is None and path.rstrip("/") not in self.dirs:
+            return _error(404, f"{path}: No such file or directory")
+        stat = {
+            "mode": 33188,
+            "ino": 1,
+            "dev": 1,
+            "nlink": 1,
+            "uid": 1000,
+            "gid": 1000,
+            "size": len(data or b""),
+            "atime": 0,
+            "ctime": 0,
+            "mtime": 0,
+        }
+        return httpx.Response(200, json={"output": stat})
+
+    def _checksum(self, request: httpx.Request, system: str) -> httpx.Response:
+        path, data = self._file(request)
+        if data is None:
+            return _error(404, f"{path}: No such file or directory")
+        digest = hashlib.sha256(data + (b"x" if self.bad_checksum else b"")).hexdigest()
+        return httpx.Response(200, json={"output": {"algorithm": "SHA256", "checksum": digest}})
+
+    def _download(self, request: httpx.Request, system: str) -> httpx.Response:
+        path, data = self._file(request)
+        if data is None:
+            return _error(404, f"{path}: No such file or directory")
+        return httpx.Response(
+            200, content=data, headers={"content-type": "application/octet-stream"}
+        )
+
+    def _upload(self, request: httpx.Request, system: str) -> httpx.Response:
+        directory = request.url.params["path"].rstrip("/")
+        if directory not in self.dirs:
+            return _error(404, f"{directory}: No such file or directory")
+        filename, data = _multipart_file(request)
+        self.files[f"{directory}/{filename}"] = data
+        return httpx.Response(204)
+
+    def _mkdir(self, request: httpx.Request, system: str) -> httpx.Response:
+        body = json.loads(request.content)
+        path = body["path"].rstrip("/")
+        if not body.get("parent") and posixpath.dirname(path) not in self.dirs:
+            return _error(404, f"{path}: No such file or directory")
+        while path and path not in self.dirs:
+            self.dirs.add(path)
+            path = posixpath.dirname(path)
+        return httpx.Response(201, json={"output": None})
+
+    def _rm(self, request: httpx.Request, system: str) -> httpx.Response:
+        path = request.url.params["path"]
+        if self.files.pop(path, None) is None:
+            if path not in self.dirs:
+                return _error(404, f"{path}: No such file or directory")
+            self.dirs.discard(path)
+        return httpx.Response(204)
+
+    def _transfer(self, request: httpx.Request, system: str, op: str) -> httpx.Response:
+        body = json.loads(request.content)
+        data = self.files.get(body["sourcePath"])
+        job = self.add_job(f"transfer-{op}", plan=["RUNNING", "COMPLETED" if data else "FAILED"])
+        if data is not None:
+            self.files[body["targetPath"]] = data
+            if op == "mv":
+                del self.files[body["sourcePath"]]
+        logs = {
+            "outputLog": f"/scratch/hpcuser/slurm-{job.job_id}.out",
+            "errorLog": f"/scratch/hpcuser/slurm-{job.job_id}.err",
+        }
+        return httpx.Response(
+            201,
+            json={
+                "transferJob": {
+                    "jobId": job.job_id,
+                    "system": system,
+                    "workingDirectory": "/scratch/hpcuser",
+                    "logs": logs,
+                }
+            },
+        )
