@@ -1,0 +1,88 @@
+"""A chain of jobs ordered by Slurm dependencies.
+
+``prepare`` and ``simulate`` return as soon as they are submitted; ``simulate`` and
+``analyse`` depend on the previous job (``afterok``) through XComArgs, so Slurm runs them
+in order without Airflow polling in between; only ``analyse`` is waited for (deferred).
+
+Connection: ``AIRFLOW_CONN_HPC_DEFAULT`` (JSON form, see the provider README). The DAG
+params default to ``HPC_SYSTEM`` (else ``hpcsite``) and ``HPC_WORKDIR`` (a directory the
+job user may write on the cluster); a run's conf may override them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param
+
+from airflow_provider_hpc.operators.files import HpcFileOperator
+from airflow_provider_hpc.operators.job import HpcSubmitJobOperator
+from airflow_provider_hpc.sensors.files import HpcFileSensor
+
+SYSTEM = os.environ.get("HPC_SYSTEM", "hpcsite")
+WORKDIR = os.environ.get("HPC_WORKDIR", "/scratch/hpcuser")
+PARAMS = {
+    "system": Param(SYSTEM, type="string", description="cluster (system) name"),
+    "workdir": Param(WORKDIR, type="string", description="base directory on the cluster"),
+}
+#: The run's own directory on the cluster (run ids contain ':' and '+').
+RUN_DIR = "{{ params.workdir }}/{{ dag.dag_id }}/{{ run_id | slug }}"
+DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=10), "hpc_conn_id": "hpc_default"}
+
+
+def slug(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", value)
+
+
+COMMON = {"system": "{{ params.system }}", "working_directory": RUN_DIR, "time_limit": 5}
+
+with DAG(
+    dag_id="hpc_job_chain",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    params=PARAMS,
+    default_args=DEFAULT_ARGS,
+    tags=["hpc", "example"],
+    doc_md=__doc__,
+    user_defined_filters={"slug": slug},
+):
+    workdir = HpcFileOperator(
+        task_id="make_workdir", operation="mkdir", path=RUN_DIR, system="{{ params.system }}"
+    )
+    prepare = HpcSubmitJobOperator(
+        task_id="prepare",
+        job_name="prepare",
+        script="#!/bin/bash\necho 6 > prepared.txt\n",
+        wait_for_completion=False,
+        **COMMON,
+    )
+    simulate = HpcSubmitJobOperator(
+        task_id="simulate",
+        job_name="simulate",
+        script="#!/bin/bash\necho $(( $(cat prepared.txt) * 7 )) > simulated.txt\n",
+        dependencies=prepare.output,
+        wait_for_completion=False,
+        **COMMON,
+    )
+    analyse = HpcSubmitJobOperator(
+        task_id="analyse",
+        job_name="analyse",
+        script='#!/bin/bash\necho "answer: $(cat simulated.txt)" | tee answer.txt\n',
+        dependencies=simulate.output,
+        deferrable=True,
+        poll_interval=2,
+        **COMMON,
+    )
+    answer = HpcFileSensor(
+        task_id="answer_written",
+        system="{{ params.system }}",
+        path=RUN_DIR + "/answer.txt",
+        deferrable=True,
+        poke_interval=2,
+        timeout=300,
+    )
+    workdir >> prepare
+    analyse >> answer
