@@ -141,15 +141,18 @@ class WriteGuard:
         self._real_roots: tuple[str, ...] | None = None
 
     async def _allowed_roots(self, sftp: RealpathClient) -> tuple[str, ...]:
-        if self._real_roots is None:
-            real: set[str] = set()
-            for root in self.policy.roots:
-                try:
-                    real.add(normalise(await sftp.realpath(root)))
-                except (asyncssh.SFTPError, BadRequest):
-                    continue
-            self._real_roots = tuple(sorted(real))
-        return tuple(sorted({*self.policy.roots, *self._real_roots}))
+        if self._real_roots is not None:
+            return self._real_roots
+        resolved: set[str] = set(self.policy.roots)
+        complete = True
+        for root in self.policy.roots:
+            try:
+                resolved.add(normalise(await sftp.realpath(root)))
+            except (asyncssh.SFTPError, BadRequest):
+                complete = False  # missing or unreadable now: ask again next time
+        if complete:
+            self._real_roots = tuple(sorted(resolved))
+        return tuple(sorted(resolved))
 
     async def check(self, sftp: RealpathClient, path: str, *, follow_final: bool) -> None:
         """Check normal, policy-checked ``path`` for a write.

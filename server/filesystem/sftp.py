@@ -719,10 +719,8 @@ class SftpFilesystem(Filesystem):
         await self._guard_write(sftp, path, follow_final=True)
         try:
             existing: asyncssh.SFTPAttrs | None = await sftp.stat(path)
-        except asyncssh.SFTPNoSuchFile:
-            existing = None
         except asyncssh.SFTPError:
-            existing = None
+            existing = None  # missing (or unreadable: then the open below says why)
         if existing is not None and _is_dir(existing):
             raise BadRequest(f"Is a directory: {shown(path)}")
         if existing is not None and not _is_regular(existing):
@@ -744,16 +742,21 @@ class SftpFilesystem(Filesystem):
     ) -> int:
         """Write in ``chunk_size`` blocks, one block in flight while the next arrives."""
         block = self.limits.chunk_size
-        buffer = bytearray()
+        pieces: list[bytes] = []
+        buffered = 0
         position = offset
         total = 0
         pending: asyncio.Task[Any] | None = None
 
-        async def flush(data: bytes, at: int) -> None:
-            nonlocal pending
+        async def flush() -> None:
+            nonlocal pending, position, buffered
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            pieces.clear()
+            buffered = 0
             if pending is not None:
                 await self._await_write(pending, path)
-            pending = asyncio.ensure_future(handle.write(data, at))
+            pending = asyncio.ensure_future(handle.write(data, position))
+            position += len(data)
 
         try:
             async for chunk in chunks:
@@ -763,18 +766,17 @@ class SftpFilesystem(Filesystem):
                         f"The upload exceeds the direct upload limit of {limit} bytes; "
                         "use transfer/upload"
                     )
-                buffer += chunk
-                if len(buffer) >= block:
-                    await flush(bytes(buffer), position)
-                    position += len(buffer)
-                    buffer.clear()
-            if buffer:
-                await flush(bytes(buffer), position)
+                pieces.append(chunk)
+                buffered += len(chunk)
+                if buffered >= block:
+                    await flush()
+            if pieces:
+                await flush()
             if pending is not None:
                 await self._await_write(pending, path)
                 pending = None
         finally:
-            if pending is not None and not pending.done():
+            if pending is not None:  # failed or abandoned: stop it and collect its outcome
                 pending.cancel()
                 with contextlib.suppress(BaseException):
                     await pending
