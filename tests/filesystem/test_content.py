@@ -32,8 +32,9 @@ def reader(data: bytes) -> content.Reader:
 
 
 def gnu(tool: str, option: str, value: str, path: Path) -> bytes:
-    return subprocess.run([tool, f"{option}{value}", "--", str(path)], check=True,
-                          capture_output=True).stdout  # fmt: skip
+    return subprocess.run(
+        [tool, f"{option}{value}", "--", str(path)], check=True, capture_output=True
+    ).stdout
 
 
 @pytest.mark.parametrize("name", SAMPLES)

@@ -12,10 +12,35 @@ from hpcgate.errors import BadRequest
 from hpcgate.filesystem.modes import Mode
 
 SYMBOLIC = [
-    "u+x", "+x", "a+x", "go-w", "u=rw,go=r", "a=rX", "+X", "u+s", "g+s", "o+t", "+t",
-    "ug=rwx,o=", "u-rwx", "=r", "+w", "-w", "u=g", "o=u", "g+u", "a-x,u+x",
-    "u+rw-x", "=", "u=", "go=u-w", "a+st", "o-t", "u-s", "g=s",
-]  # fmt: skip
+    "u+x",
+    "+x",
+    "a+x",
+    "go-w",
+    "u=rw,go=r",
+    "a=rX",
+    "+X",
+    "u+s",
+    "g+s",
+    "o+t",
+    "+t",
+    "ug=rwx,o=",
+    "u-rwx",
+    "=r",
+    "+w",
+    "-w",
+    "u=g",
+    "o=u",
+    "g+u",
+    "a-x,u+x",
+    "u+rw-x",
+    "=",
+    "u=",
+    "go=u-w",
+    "a+st",
+    "o-t",
+    "u-s",
+    "g=s",
+]
 STARTS = [0o644, 0o755, 0o600, 0o4755, 0o2770, 0o1777, 0o000, 0o711]
 
 
@@ -26,9 +51,28 @@ def test_valid_modes_parse(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "8", "999", "12345", "0o755", "-755", "u+q", "x+u", "u", "rwx", "u+x;id",
-     "u+x y", "$(id)", "'", "a" * 65, "u+x,", ",u+x", "u=gx", "u+ug"],
-)  # fmt: skip
+    [
+        "",
+        "8",
+        "999",
+        "12345",
+        "0o755",
+        "-755",
+        "u+q",
+        "x+u",
+        "u",
+        "rwx",
+        "u+x;id",
+        "u+x y",
+        "$(id)",
+        "'",
+        "a" * 65,
+        "u+x,",
+        ",u+x",
+        "u=gx",
+        "u+ug",
+    ],
+)
 def test_invalid_modes_are_bad_requests(text: str) -> None:
     with pytest.raises(BadRequest, match="Invalid mode"):
         Mode.parse(text)
