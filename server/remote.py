@@ -33,6 +33,11 @@ class CommandRunner(Protocol):
     ``errors.ClusterUnreachable`` when the cluster cannot be reached.
     """
 
+    @property
+    def username(self) -> str:
+        """The user the commands run as."""
+        ...
+
     async def run(
         self,
         argv: Sequence[str],

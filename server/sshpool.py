@@ -511,6 +511,10 @@ class _PooledRunner:
         self._system = system
         self._username = username
 
+    @property
+    def username(self) -> str:
+        return self._username
+
     async def run(
         self,
         argv: Sequence[str],

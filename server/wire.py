@@ -9,9 +9,14 @@ from pydantic.alias_generators import to_camel
 
 
 class WireModel(BaseModel):
-    """A JSON body of the API. Serialise with ``by_alias=True`` (FastAPI does)."""
+    """A JSON body of the API: camelCase out, camelCase or snake_case in."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
 
 
 class ErrorField(WireModel):

@@ -60,9 +60,9 @@ async def list_jobs(
 
 @router.get("/jobs/{job_id}", response_model=JobsResponse)
 async def get_job(ctx: SystemDep, job_id: str) -> JobsResponse:
-    """One job (an array job answers with one entry per task)."""
+    """One job; an array id answers with the array's summary (its tasks in `tasks`)."""
     ctx.ensure_healthy("scheduler")
-    return JobsResponse(jobs=await ctx.scheduler.job_entries(ctx.runner, job_id))
+    return JobsResponse(jobs=[await ctx.scheduler.job(ctx.runner, job_id)])
 
 
 @router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -13,14 +13,14 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
+
+from hpcgate.wire import WireModel
 
 MAX_SCRIPT_BYTES = 1024 * 1024
 """Largest inline job script accepted (UTF-8 bytes)."""
@@ -31,17 +31,6 @@ MAX_ENV_TOTAL = 256 * 1024
 MAX_EXTRA_OPTIONS = 64
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class WireModel(BaseModel):
-    """A JSON body of the API: camelCase out, camelCase or snake_case in."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
 
 
 # ---------------------------------------------------------------- value checks
