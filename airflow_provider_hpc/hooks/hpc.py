@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
-import logging
 import random
 import ssl
 import time
@@ -50,7 +49,6 @@ from airflow_provider_hpc.hooks.models import (
 )
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 # Indirections so that tests can skip the waiting.
 _sleep = time.sleep
@@ -333,7 +331,7 @@ class HpcHook(BaseHook):
         token = parse_token_response(response)
         mask_secret(token.access_token)
         TOKEN_CACHE.put(creds.cache_key, token)
-        log.info(
+        self.log.info(
             "Obtained an access token from %s (valid %.0f s)",
             creds.token_url,
             token.expires_at - time.time(),
@@ -429,7 +427,7 @@ class HpcHook(BaseHook):
                 delay = self._retry_delay(call, attempt, error=exc)
                 if delay is None:
                     raise HpcConnectionError(f"{call.method} {request.url.path}: {exc!r}") from exc
-                log.warning(
+                self.log.warning(
                     "%s %s failed (%r); retry in %.1f s", call.method, request.url.path, exc, delay
                 )
                 _sleep(delay)
@@ -443,7 +441,7 @@ class HpcHook(BaseHook):
             delay = self._retry_delay(call, attempt, response=response)
             if delay is not None:
                 response.close()
-                log.warning(
+                self.log.warning(
                     "%s %s -> %s; retry in %.1f s",
                     call.method,
                     request.url.path,
@@ -583,7 +581,7 @@ class HpcHook(BaseHook):
             except HpcError as exc:
                 if not budget.allows(exc, time.monotonic()):
                     raise
-                log.warning("Status of job %s unavailable (%s); still waiting", job_id, exc)
+                self.log.warning("Status of job %s unavailable (%s); still waiting", job_id, exc)
                 summary = None
             if summary is not None:
                 if on_poll is not None:
