@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
-import stat as stat_module
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime
 from typing import Any
 
 import asyncssh
@@ -35,6 +33,16 @@ from hpcgate.errors import (
 )
 from hpcgate.filesystem import content
 from hpcgate.filesystem.base import Filesystem, ReadStream
+from hpcgate.filesystem.entries import (
+    is_dir,
+    is_link,
+    is_regular,
+    mode_of,
+    owner_columns,
+    permission_letters,
+    timestamp,
+    type_letter,
+)
 from hpcgate.filesystem.models import CompressionType, File, FileChecksum, FileContent, FileStat
 from hpcgate.filesystem.modes import Mode
 from hpcgate.filesystem.names import IdNames, valid_name
@@ -42,24 +50,6 @@ from hpcgate.filesystem.paths import PathPolicy, WriteGuard, parent, shown
 from hpcgate.remote import CommandResult, CommandRunner
 from hpcgate.sshpool import SshPool
 
-_TYPE_LETTERS = {
-    stat_module.S_IFDIR: "d",
-    stat_module.S_IFLNK: "l",
-    stat_module.S_IFREG: "-",
-    stat_module.S_IFCHR: "c",
-    stat_module.S_IFBLK: "b",
-    stat_module.S_IFIFO: "p",
-    stat_module.S_IFSOCK: "s",
-}
-_SFTP_TYPES = {
-    asyncssh.FILEXFER_TYPE_DIRECTORY: stat_module.S_IFDIR,
-    asyncssh.FILEXFER_TYPE_SYMLINK: stat_module.S_IFLNK,
-    asyncssh.FILEXFER_TYPE_REGULAR: stat_module.S_IFREG,
-    asyncssh.FILEXFER_TYPE_CHAR_DEVICE: stat_module.S_IFCHR,
-    asyncssh.FILEXFER_TYPE_BLOCK_DEVICE: stat_module.S_IFBLK,
-    asyncssh.FILEXFER_TYPE_FIFO: stat_module.S_IFIFO,
-    asyncssh.FILEXFER_TYPE_SOCKET: stat_module.S_IFSOCK,
-}
 _TAR_FLAGS: dict[str, list[str]] = {"none": [], "gzip": ["-z"], "bzip2": ["-j"], "xz": ["-J"]}
 _REMOVE_CONCURRENCY = 32
 
@@ -88,61 +78,6 @@ def _state(pool: SshPool, system: SystemSettings) -> _SystemState:
     if found is None:
         found = systems[system.name] = _SystemState(system)
     return found
-
-
-# -- attribute helpers ------------------------------------------------------------
-
-
-def _mode_of(attrs: asyncssh.SFTPAttrs) -> int:
-    """st_mode, type bits included (OpenSSH sends them; derive them otherwise)."""
-    mode = attrs.permissions or 0
-    if not stat_module.S_IFMT(mode):
-        mode |= _SFTP_TYPES.get(attrs.type, 0)
-    return mode
-
-
-def _is_dir(attrs: asyncssh.SFTPAttrs) -> bool:
-    return stat_module.S_ISDIR(_mode_of(attrs))
-
-
-def _is_link(attrs: asyncssh.SFTPAttrs) -> bool:
-    return stat_module.S_ISLNK(_mode_of(attrs))
-
-
-def _is_regular(attrs: asyncssh.SFTPAttrs) -> bool:
-    return stat_module.S_ISREG(_mode_of(attrs))
-
-
-def permission_letters(mode: int) -> str:
-    """``rwxr-xr-x`` for ``mode``, with ``s``/``S`` and ``t``/``T`` as ``ls`` shows them."""
-    letters = []
-    for shift, special, special_letter in ((6, 0o4000, "s"), (3, 0o2000, "s"), (0, 0o1000, "t")):
-        bits = (mode >> shift) & 0o7
-        letters.append("r" if bits & 4 else "-")
-        letters.append("w" if bits & 2 else "-")
-        if mode & special:
-            letters.append(special_letter if bits & 1 else special_letter.upper())
-        else:
-            letters.append("x" if bits & 1 else "-")
-    return "".join(letters)
-
-
-def type_letter(mode: int) -> str:
-    return _TYPE_LETTERS.get(stat_module.S_IFMT(mode), "?")
-
-
-def _timestamp(seconds: int | None) -> str:
-    return datetime.fromtimestamp(seconds or 0).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _owner_columns(longname: str, attrs: asyncssh.SFTPAttrs) -> tuple[str, str] | None:
-    """User and group from an ``ls -l`` style longname, when it looks like one."""
-    fields = longname.split(None, 8)
-    if len(fields) < 9 or not fields[1].isdigit():
-        return None
-    if attrs.size is not None and fields[4] != str(attrs.size):
-        return None
-    return fields[2], fields[3]
 
 
 # -- errors -----------------------------------------------------------------------
@@ -326,14 +261,14 @@ class SftpFilesystem(Filesystem):
     ) -> list[File]:
         """Files for (shown name, full path as bytes, lstat attrs, longname) rows."""
         attrs_list = [attrs for _, _, attrs, _ in rows]
-        links = [index for index, attrs in enumerate(attrs_list) if _is_link(attrs)]
+        links = [index for index, attrs in enumerate(attrs_list) if is_link(attrs)]
         if dereference and links:
             followed = await asyncio.gather(
                 *(self._followed(sftp, rows[i][1], attrs_list[i]) for i in links)
             )
             for index, attrs in zip(links, followed, strict=True):
                 attrs_list[index] = attrs
-            links = [index for index in links if _is_link(attrs_list[index])]
+            links = [index for index in links if is_link(attrs_list[index])]
         targets: list[str | None] = [None] * len(rows)
         if links:
             found = await asyncio.gather(*(self._link_target(sftp, rows[i][1]) for i in links))
@@ -342,7 +277,7 @@ class SftpFilesystem(Filesystem):
         if not numeric_uid:
             for (_, _, original, longname), attrs in zip(rows, attrs_list, strict=True):
                 if longname and attrs is original:
-                    owners = _owner_columns(longname, attrs)
+                    owners = owner_columns(longname, attrs)
                     if owners is not None:
                         self._names.learn(attrs.uid, owners[0], attrs.gid, owners[1])
             await self._names.resolve(
@@ -352,7 +287,7 @@ class SftpFilesystem(Filesystem):
             )
         files = []
         for (name, _, _, _), attrs, target in zip(rows, attrs_list, targets, strict=True):
-            mode = _mode_of(attrs)
+            mode = mode_of(attrs)
             uid, gid = attrs.uid or 0, attrs.gid or 0
             files.append(
                 File(
@@ -362,7 +297,7 @@ class SftpFilesystem(Filesystem):
                     user=str(uid) if numeric_uid else self._names.user(uid),
                     group=str(gid) if numeric_uid else self._names.group(gid),
                     permissions=permission_letters(mode),
-                    last_modified=_timestamp(attrs.mtime),
+                    last_modified=timestamp(attrs.mtime),
                     size=str(attrs.size or 0),
                 )
             )
@@ -410,9 +345,9 @@ class SftpFilesystem(Filesystem):
         path = self._check(path)
         async with self._session() as sftp:
             attrs = await self._lstat(sftp, path)
-            if _is_link(attrs) and dereference:
+            if is_link(attrs) and dereference:
                 attrs = await self._followed(sftp, path, attrs)
-            if not _is_dir(attrs):
+            if not is_dir(attrs):
                 return await self._entries(
                     sftp,
                     [(path, _raw(path), attrs, None)],
@@ -455,14 +390,14 @@ class SftpFilesystem(Filesystem):
                 continue
             longname = entry.longname
             text = longname.decode("utf-8", "replace") if isinstance(longname, bytes) else longname
-            rows.append((prefix + _shown_raw(raw), directory + b"/" + raw, entry.attrs, text))
+            rows.append((prefix + _shown_raw(raw), _child(directory, raw), entry.attrs, text))
         rows.sort(key=lambda row: row[1])
         listed = await self._entries(sftp, rows, numeric_uid=numeric_uid, dereference=dereference)
         files.extend(listed)
         if not recursive:
             return
         for (name, full, attrs, _), entry in zip(rows, listed, strict=True):
-            if entry.type == "d" and not _is_link(attrs):
+            if entry.type == "d" and not is_link(attrs):
                 await self._list_into(
                     sftp,
                     files,
@@ -489,7 +424,7 @@ class SftpFilesystem(Filesystem):
             attrs = await (self._stat if dereference else self._lstat)(sftp, path)
         mtime = attrs.mtime or 0
         return FileStat(
-            mode=_mode_of(attrs),
+            mode=mode_of(attrs),
             ino=0,
             dev=0,
             nlink=attrs.nlink or 1,
@@ -505,7 +440,7 @@ class SftpFilesystem(Filesystem):
         path = self._check(path)
         async with self._session() as sftp:
             attrs = await self._lstat(sftp, path)
-            if not _is_link(attrs):
+            if not is_link(attrs):
                 raise BadRequest(f"Not a symbolic link: {shown(path)}")
             with _errors(path):
                 target = await sftp.readlink(path)
@@ -518,9 +453,9 @@ class SftpFilesystem(Filesystem):
     ) -> AsyncIterator[tuple[asyncssh.SFTPClientFile, int]]:
         """An open regular file and its size (FIFOs and devices would block the session)."""
         attrs = await self._stat(sftp, path)
-        if _is_dir(attrs):
+        if is_dir(attrs):
             raise BadRequest(f"Is a directory: {shown(path)}")
-        if not _is_regular(attrs):
+        if not is_regular(attrs):
             raise BadRequest(f"Not a regular file: {shown(path)}")
         with _errors(path):
             handle = await sftp.open(path, "rb", encoding=None)
@@ -661,9 +596,9 @@ class SftpFilesystem(Filesystem):
         path = self._check(path)
         async with self._session() as sftp:
             attrs = await self._stat(sftp, path)
-        if _is_dir(attrs):
+        if is_dir(attrs):
             raise BadRequest(f"Is a directory: {shown(path)}")
-        if not _is_regular(attrs):
+        if not is_regular(attrs):
             raise BadRequest(f"Not a regular file: {shown(path)}")
         result = await self._run(["sha256sum", "--", path])
         digest = result.stdout.split(maxsplit=1)[0].lstrip("\\") if result.stdout else ""
@@ -721,9 +656,9 @@ class SftpFilesystem(Filesystem):
             existing: asyncssh.SFTPAttrs | None = await sftp.stat(path)
         except asyncssh.SFTPError:
             existing = None  # missing (or unreadable: then the open below says why)
-        if existing is not None and _is_dir(existing):
+        if existing is not None and is_dir(existing):
             raise BadRequest(f"Is a directory: {shown(path)}")
-        if existing is not None and not _is_regular(existing):
+        if existing is not None and not is_regular(existing):
             raise BadRequest(f"Not a regular file: {shown(path)}")
         flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT
         if truncate:
@@ -818,7 +753,7 @@ class SftpFilesystem(Filesystem):
         while True:
             found = await self._exists_followed(sftp, current)
             if found is not None:
-                if not _is_dir(found):
+                if not is_dir(found):
                     raise BadRequest(f"Not a directory: {shown(current)}")
                 break
             missing.append(current)
@@ -830,7 +765,7 @@ class SftpFilesystem(Filesystem):
                 await self._make_one(sftp, directory)
             except BadRequest:
                 found = await self._exists_followed(sftp, directory)
-                if found is None or not _is_dir(found):
+                if found is None or not is_dir(found):
                     raise
 
     async def _exists_followed(
@@ -849,7 +784,7 @@ class SftpFilesystem(Filesystem):
         async with self._session() as sftp:
             await self._guard_write(sftp, path, follow_final=False)
             attrs = await self._lstat(sftp, path)
-            if _is_dir(attrs):
+            if is_dir(attrs):
                 await self._remove_tree(sftp, _raw(path))
             else:
                 with _errors(path):
@@ -867,7 +802,7 @@ class SftpFilesystem(Filesystem):
             assert isinstance(name, bytes)
             if name in (b".", b".."):
                 continue
-            (subdirectories if _is_dir(entry.attrs) else files).append(directory + b"/" + name)
+            (subdirectories if is_dir(entry.attrs) else files).append(_child(directory, name))
         for start in range(0, len(files), _REMOVE_CONCURRENCY):
             batch = files[start : start + _REMOVE_CONCURRENCY]
             with _errors(shown_directory):
@@ -899,7 +834,7 @@ class SftpFilesystem(Filesystem):
         async with self._session() as sftp:
             await self._guard_write(sftp, path, follow_final=True)
             current = await self._stat(sftp, path)
-            new_mode = parsed.apply(_mode_of(current), is_dir=_is_dir(current))
+            new_mode = parsed.apply(mode_of(current), is_dir=is_dir(current))
             with _errors(path):
                 await sftp.chmod(path, new_mode)
             return await self._describe(sftp, path, numeric_uid=False, dereference=False)
@@ -991,15 +926,19 @@ class SftpFilesystem(Filesystem):
         async with self._session() as sftp:
             await self._guard_write(sftp, target, follow_final=True)
             attrs = await self._stat(sftp, source)
-            if not _is_regular(attrs):
+            if not is_regular(attrs):
                 raise BadRequest(f"Not a regular file: {shown(source)}")
-            if not _is_dir(await self._stat(sftp, target)):
+            if not is_dir(await self._stat(sftp, target)):
                 raise BadRequest(f"Not a directory: {shown(target)}")
         await self._run(["tar", "-x", *_TAR_FLAGS[compression], "-f", source, "-C", target])
 
 
 def _raw(path: str) -> bytes:
     return path.encode("utf-8")
+
+
+def _child(directory: bytes, name: bytes) -> bytes:
+    return directory.rstrip(b"/") + b"/" + name
 
 
 def _shown_raw(path: bytes) -> str:
