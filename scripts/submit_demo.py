@@ -37,7 +37,8 @@ def main() -> int:
     [job] = client.wait_for_job(name, job_id)
     state, exit_code = job["status"]["state"], job["status"]["exitCode"]
     print(f"job {job_id}: {state}, exit code {exit_code}")
-    print(f"standard output: {client.job_metadata(name, job_id)[0]['standardOutput']}")
+    output = client.job_metadata(name, job_id)[0]["standardOutput"]
+    print(f"{output}: {client.view(name, output).strip()}")
     return 0 if state == "COMPLETED" and exit_code == 0 else 1
 
 
