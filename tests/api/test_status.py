@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import httpx
 import pytest
@@ -93,3 +95,36 @@ def test_unhealthy_scheduler_answers_503_with_reason(site_env, tmp_path) -> None
         assert int(response.headers["retry-after"]) > 0
     finally:
         server.stop()
+
+
+def test_openapi_and_docs_are_served(api_server: ApiServer) -> None:
+    spec = httpx.get(f"{api_server.url}/openapi.json", timeout=10).json()
+    for path in (
+        "/status/systems",
+        "/compute/{system_name}/jobs",
+        "/compute/{system_name}/jobs/{job_id}",
+    ):
+        assert path in spec["paths"]
+    assert httpx.get(f"{api_server.url}/docs", timeout=10).status_code == 200
+
+
+def test_access_log_is_json_with_request_context(api_server: ApiServer) -> None:
+    with api_server.client("hpcuser2") as client:
+        client.get(
+            f"/status/{api_server.system}/partitions", headers={"X-Request-ID": "log-probe-1"}
+        )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [
+            json.loads(line) for line in api_server.log().splitlines() if "log-probe-1" in line
+        ]
+        if lines:
+            break
+        time.sleep(0.1)
+    [entry] = lines
+    assert entry["logger"] == "hpcgate.access"
+    assert entry["user"] == "hpcuser2"
+    assert entry["system"] == api_server.system
+    assert entry["route"] == "/status/{system_name}/partitions"
+    assert entry["status"] == 200
+    assert entry["duration_ms"] > 0
