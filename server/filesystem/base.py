@@ -123,11 +123,14 @@ class Filesystem(ABC):
         offset: int = 0,
         truncate: bool = True,
         max_size: int | None = None,
+        keep_partial: bool = False,
     ) -> int:
         """Write ``chunks`` into ``path`` from ``offset``; return the bytes written.
 
         ``truncate`` empties an existing file first (otherwise bytes beyond the
-        written range stay). A file this call created is removed if it fails.
+        written range stay). A file this call created is removed if the call fails,
+        unless ``keep_partial`` (resumable uploads continue from what was written).
+        ``max_size`` (default: the direct-transfer cap) bounds the bytes written.
         """
 
     @abstractmethod

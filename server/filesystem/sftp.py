@@ -623,6 +623,7 @@ class SftpFilesystem(Filesystem):
         offset: int = 0,
         truncate: bool = True,
         max_size: int | None = None,
+        keep_partial: bool = False,
     ) -> int:
         path = self._check(path)
         if offset < 0:
@@ -640,7 +641,7 @@ class SftpFilesystem(Filesystem):
             except BaseException:
                 with contextlib.suppress(Exception):
                     await handle.close()
-                if created:
+                if created and not keep_partial:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(sftp.remove(path))
                 raise
