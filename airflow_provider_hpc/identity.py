@@ -1,9 +1,11 @@
 """Deterministic job names and idempotency keys for a task instance.
 
 A task instance (dag, task, run, map index) submits jobs named
-``<prefix>-<16 hex of its identity>-g<clear number>``. Retries of the same try group
-share the name and so find the job an earlier try submitted; clearing the task (which
-bumps the DAG run's ``clear_number``) starts a new group and a new job.
+``<prefix>-<16 hex of its identity>-g<try group>``. The try group is the first try
+number since the task was last cleared (``max_tries - retries + 1``, as Airflow itself
+computes it): retries share it and so find the job an earlier try submitted, while
+clearing the task starts a new group and a new job. Clearing *other* tasks of the run
+does not change it. Without ``max_tries`` the DAG run's ``clear_number`` is used.
 """
 
 from __future__ import annotations
@@ -20,6 +22,16 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256("\0".join(str(part) for part in parts).encode()).hexdigest()
 
 
+def try_group(context: Any) -> int:
+    """First try number since the task instance was last cleared."""
+    ti = context["ti"]
+    task = context.get("task") or getattr(ti, "task", None)
+    max_tries, retries = getattr(ti, "max_tries", None), getattr(task, "retries", None)
+    if isinstance(max_tries, int) and isinstance(retries, int):
+        return max(1, max_tries - retries + 1)
+    return int(getattr(context.get("dag_run"), "clear_number", 0) or 0)
+
+
 @dataclass(frozen=True)
 class TaskIdentity:
     dag_id: str
@@ -31,14 +43,13 @@ class TaskIdentity:
     @classmethod
     def from_context(cls, context: Any) -> TaskIdentity:
         ti = context["ti"]
-        dag_run = context.get("dag_run")
         map_index = getattr(ti, "map_index", -1)
         return cls(
             dag_id=ti.dag_id,
             task_id=ti.task_id,
             run_id=ti.run_id,
             map_index=-1 if map_index is None else int(map_index),
-            generation=int(getattr(dag_run, "clear_number", 0) or 0),
+            generation=try_group(context),
         )
 
     @property

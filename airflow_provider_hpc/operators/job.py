@@ -72,7 +72,7 @@ class HpcSubmitJobOperator(BaseOperator):
     """Submit a Slurm batch job through the API and (by default) wait until it ends.
 
     Exactly once: the job is recorded in the task state store and named
-    ``<job_name>-<task instance hash>-g<clear number>``. A retry of the task re-attaches to
+    ``<job_name>-<task instance hash>-g<try group>``. A retry of the task re-attaches to
     that job (running, pending or COMPLETED) instead of submitting another; it submits anew
     only if the earlier job failed. Clearing the task starts a new job (and cancels an old
     one that still runs). The ``Idempotency-Key`` header lets the server dedupe too.

@@ -94,9 +94,20 @@ class FakeStore:
 
 
 class FakeTI:
-    def __init__(self, task_id: str = "submit", map_index: int = -1, try_number: int = 1) -> None:
+    """What the provider reads of a RuntimeTaskInstance. ``max_tries`` and the task's
+    ``retries`` give the try group (a clear sets ``max_tries = try_number + retries``)."""
+
+    def __init__(
+        self,
+        task_id: str = "submit",
+        map_index: int = -1,
+        try_number: int = 1,
+        max_tries: int = 2,
+        retries: int = 2,
+    ) -> None:
         self.dag_id, self.task_id, self.run_id = "example", task_id, "manual__2026-01-01"
-        self.map_index, self.try_number = map_index, try_number
+        self.map_index, self.try_number, self.max_tries = map_index, try_number, max_tries
+        self.task = SimpleNamespace(retries=retries)
         self.xcoms: dict[str, Any] = {}
 
     def xcom_push(self, key: str, value: Any) -> None:
@@ -109,9 +120,11 @@ class FakeTI:
 def make_context(
     store: FakeStore | None = None, *, clear_number: int = 0, ti: FakeTI | None = None
 ) -> dict[str, Any]:
-    """A task context with what the provider reads (ti, dag_run, task_state_store)."""
+    """A task context with what the provider reads (ti, task, dag_run, task_state_store)."""
+    ti = ti or FakeTI()
     return {
-        "ti": ti or FakeTI(),
+        "ti": ti,
+        "task": ti.task,
         "dag_run": SimpleNamespace(clear_number=clear_number, run_id="manual__2026-01-01"),
         "task_state_store": store if store is not None else FakeStore(),
     }

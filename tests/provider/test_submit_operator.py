@@ -58,7 +58,7 @@ def test_execute_defers_to_the_job_trigger(fake_api: FakeHpcApi) -> None:
     ti = context["ti"]
     assert ti.xcoms == {"job_id": "1000", "job_url": f"http://hpc.test/compute/{SYSTEM}/jobs/1000"}
     body = fake_api.jobs["1000"].spec
-    identity = TaskIdentity("example", "submit", "manual__2026-01-01")
+    identity = TaskIdentity("example", "submit", "manual__2026-01-01", generation=1)
     assert body["name"] == identity.job_name()
     assert body["timeLimit"] == "0-01:00:00" and body["nodes"] == 2
     assert body["dependencies"] == ["5", "6"]
@@ -150,11 +150,28 @@ def test_retry_after_a_failed_job_submits_a_new_one(fake_api: FakeHpcApi) -> Non
 def test_clear_starts_a_new_job_and_cancels_the_old_one(fake_api: FakeHpcApi) -> None:
     fake_api.plan = ["RUNNING"]
     store = FakeStore()
-    defer(operator(), make_context(store, clear_number=0))
-    again = defer(operator(), make_context(store, clear_number=1))
+    defer(operator(), make_context(store, ti=FakeTI(try_number=1, max_tries=2)))
+    # cleared during try 1: max_tries = 1 + retries, the next try starts group 2
+    again = defer(operator(), make_context(store, ti=FakeTI(try_number=2, max_tries=3)))
     assert again.trigger.job_id == "1001"
     assert [r.url.path.rsplit("/", 1)[1] for r in fake_api.cancels] == ["1000"]
-    assert fake_api.jobs["1001"].name.endswith("-g1")
+    assert fake_api.jobs["1000"].name.endswith("-g1") and fake_api.jobs["1001"].name.endswith("-g2")
+
+
+def test_clearing_other_tasks_does_not_start_a_new_group(fake_api: FakeHpcApi) -> None:
+    fake_api.plan = ["RUNNING"]
+    store = FakeStore()
+    defer(operator(), make_context(store, clear_number=0))
+    again = defer(operator(), make_context(store, clear_number=3, ti=FakeTI(try_number=2)))
+    assert again.trigger.job_id == "1000" and fake_api.cancels == []
+
+
+def test_try_group_falls_back_to_the_clear_number() -> None:
+    from types import SimpleNamespace
+
+    ti = SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1)
+    context = {"ti": ti, "dag_run": SimpleNamespace(clear_number=4)}
+    assert TaskIdentity.from_context(context).generation == 4
 
 
 def test_mapped_instances_get_their_own_jobs(fake_api: FakeHpcApi) -> None:
