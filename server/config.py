@@ -42,6 +42,18 @@ class SshSettings(_Model):
     )
     idle_timeout: float = Field(300.0, gt=0, description="close connections idle this long")
     keepalive_interval: float = Field(30.0, gt=0)
+    ciphers: list[str] = Field(
+        default_factory=lambda: [
+            "aes128-gcm@openssh.com",
+            "aes256-gcm@openssh.com",
+            "chacha20-poly1305@openssh.com",
+            "aes128-ctr",
+            "aes256-ctr",
+        ],
+        min_length=1,
+        description="preferred first: AES-GCM moves data ~2x faster than chacha20 where "
+        "the CPU has AES instructions",
+    )
 
 
 class CertificateAuthorityCredentials(_Model):

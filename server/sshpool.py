@@ -301,6 +301,7 @@ class SshPool:
                 x509_trusted_cert_paths=None,
                 connect_timeout=ssh.connect_timeout,
                 keepalive_interval=ssh.keepalive_interval,
+                encryption_algs=ssh.ciphers,
             )
         except asyncssh.PermissionDenied:
             log.warning("SSH login refused: system=%s user=%s", system.name, username)

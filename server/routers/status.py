@@ -102,7 +102,8 @@ def _describe(system: SystemSettings, services: Services) -> System:
             for fs in system.filesystems
         ],
         data_operation=DataOperation(
-            datatransfer_jobs_directives=[f"--partition={partition}"] if partition else []
+            max_ops_file_size=system.filesystem_limits.max_ops_file_size,
+            datatransfer_jobs_directives=[f"--partition={partition}"] if partition else [],
         ),
     )
 
