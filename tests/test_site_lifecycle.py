@@ -1,0 +1,132 @@
+"""A second, separate site instance: up is idempotent, down leaves nothing behind.
+
+It runs beside the session's site with its own state directory, ports, cluster name,
+users and account, so stopping it proves `down` touches only what its `up` started.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.site import REPO, SITE_COMMAND, SiteEnv
+
+pytestmark = [pytest.mark.site, pytest.mark.slow]
+
+STATE = REPO / ".site-lifecycle"
+ENV = {
+    "HPC_SITE_DIR": str(STATE),
+    "HPC_SITE_CLUSTER": "lifecycle",
+    "HPC_SITE_USERS": "hpcltest1",
+    "HPC_SITE_ACCOUNT": "lifeproj",
+    "HPC_SITE_SSH_PORT": "2322",
+    "HPC_SITE_CTLD_PORT": "6917",
+    "HPC_SITE_SLURMD_PORT": "6918",
+    "HPC_SITE_DBD_PORT": "6919",
+    "HPC_SITE_DB_PORT": "3407",
+}
+
+
+def site(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SITE_COMMAND), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **ENV},
+    )
+
+
+def pids_mentioning(text: str) -> set[int]:
+    """Live processes whose command line or environment mentions ``text``."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in blob:
+            found.add(int(proc.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def second_site() -> Iterator[None]:
+    site("down")
+    shutil.rmtree(STATE, ignore_errors=True)
+    yield
+    site("down", "--purge")
+
+
+def test_up_is_fast_and_idempotent_and_down_leaves_nothing(
+    second_site: None, site_env: SiteEnv
+) -> None:
+    started = time.monotonic()
+    first = site("up")
+    up_seconds = time.monotonic() - started
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert up_seconds < 30, f"up took {up_seconds:.1f} s"
+    print(f"second site up in {up_seconds:.1f} s")
+    assert site("status").returncode == 0
+
+    again = site("up")
+    assert again.returncode == 0
+    assert "already up" in again.stdout
+
+    # a running job whose processes `down` must end
+    conf = f"{STATE}/etc/slurm.conf"
+    submitted = subprocess.run(
+        [
+            "su",
+            "-s",
+            "/bin/sh",
+            "hpcltest1",
+            "-c",
+            f"cd /tmp && SLURM_CONF={conf} sbatch --parsable --output=/dev/null --wrap 'sleep 300'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SLURM_CONF": conf},
+        ).stdout.strip()
+        if state == "RUNNING":
+            break
+        time.sleep(0.2)
+    assert state == "RUNNING"
+    assert pids_mentioning(str(STATE)), "the second site's processes should be visible"
+
+    main_site_before = site_status_pids()
+    down = site("down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert re.search(rf"cancelled jobs: .*{job_id}", down.stdout)
+    assert site("check-stopped").returncode == 0
+    assert pids_mentioning(str(STATE)) == set()
+    assert site("status").returncode == 3
+    # the session's own site is untouched
+    assert site_status_pids() == main_site_before
+
+
+def site_status_pids() -> str:
+    return subprocess.run(
+        [str(SITE_COMMAND), "status"], capture_output=True, text=True, timeout=60
+    ).stdout
