@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -191,6 +192,68 @@ class HealthSettings(_Model):
     timeout_seconds: float = Field(10.0, gt=0)
 
 
+class TransferSettings(_Model):
+    """The transfer/* endpoints: job logs, signed URLs, multipart and resumable uploads.
+
+    ``signing_key`` signs the URLs that transfer/upload and transfer/download hand
+    out (HMAC-SHA256). Without one, a random key is generated at start: URLs then
+    stop working when the server restarts, and every server process behind one
+    address needs the same configured key. The key is never logged.
+    """
+
+    signing_key: SecretStr | None = Field(
+        None, min_length=32, description="HMAC key for signed transfer URLs (random if unset)"
+    )
+    public_url: str | None = Field(
+        None,
+        description="base URL clients reach this server at, for signed URLs "
+        "(default: the URL of the request that created the transfer)",
+    )
+    url_ttl_seconds: int = Field(
+        6 * 3600, ge=10, le=7 * 86400, description="lifetime of a transfer and its URLs"
+    )
+    part_size: int = Field(
+        64 * 1024**2,
+        ge=1024**2,
+        le=5 * 1024**3,
+        description="maxPartSize of multipart uploads (bytes per signed part URL)",
+    )
+    max_parts: int = Field(10_000, ge=1, le=100_000, description="most parts in one upload")
+    max_file_size: int = Field(
+        5 * 1024**4, ge=0, description="largest transfer/upload or resumable upload (bytes)"
+    )
+    max_active_per_user: int = Field(
+        64, ge=1, le=10_000, description="unfinished transfers a user may hold at once"
+    )
+    job_directory: str = Field(
+        "{home}/.hpcgate/transfers",
+        description="where transfer jobs run and write their logs ({home}, {username}); "
+        "must lie inside a configured filesystem",
+    )
+    job_time_limit_minutes: int = Field(
+        12 * 60, ge=1, description="--time of mv/cp/rm/compress/extract jobs"
+    )
+    job_poll_seconds: float = Field(
+        0.5, gt=0, le=60, description="how often an upload job looks for the completion marker"
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/") if value else value
+
+    @field_validator("job_directory")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        try:
+            value.format(home="/h", username="u")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{home}} and {{username}} may be used: {exc}") from None
+        return value
+
+
 class Settings(BaseSettings):
     """The whole configuration."""
 
@@ -201,6 +264,7 @@ class Settings(BaseSettings):
     auth: AuthSettings
     systems: list[SystemSettings] = Field(min_length=1)
     health: HealthSettings = HealthSettings()
+    transfer: TransferSettings = TransferSettings()
     app_version: str = Field(
         "2.6.0", description="sent as F7T-AppVersion (pyfirecrest gates on it)"
     )
