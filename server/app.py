@@ -15,7 +15,7 @@ from hpcgate import __version__
 from hpcgate.config import Settings
 from hpcgate.errors import ApiError
 from hpcgate.middleware import RequestContextMiddleware
-from hpcgate.routers import compute, filesystem, status
+from hpcgate.routers import compute, filesystem, status, transfer
 from hpcgate.services import Services
 from hpcgate.wire import ErrorBody, ErrorData, ErrorField
 
@@ -99,6 +99,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(status.router)
     app.include_router(compute.router)
     app.include_router(filesystem.router)
+    app.include_router(transfer.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,327 @@
+"""transfer/upload and transfer/download: pyfirecrest's "s3" flow, served by this server.
+
+Upload
+    ``POST transfer/upload`` checks the target, creates an empty temporary file
+    ``.hpcgate-upload-<id>`` beside it and submits the transfer job. It answers with
+    one signed ``PUT`` URL per part (``partsUploadUrls``, parts of ``maxPartSize``
+    bytes, the last one shorter) and a signed ``completeUploadUrl``. Each part's body
+    is streamed over SFTP straight into the temporary file at offset
+    ``(partNumber - 1) * maxPartSize``; the answer's ``ETag`` is the quoted MD5 of
+    the part, as S3 gives. ``POST completeUploadUrl`` with S3's
+    CompleteMultipartUpload XML checks that every part is listed once, in order,
+    with its ETag, and that the file has the announced size, then renames the
+    temporary file over the target (a failed or abandoned upload never leaves a
+    partial target) and writes the job's completion marker.
+
+    The job (``scripts.await_upload``) polls for that marker every
+    ``transfer.job_poll_seconds`` until the transfer's deadline; then it checks the
+    target's size and logs "Multipart file upload successfully completed", or fails.
+    A marker survives the job being queued, so a busy partition only delays the job.
+
+Download
+    ``POST transfer/download`` checks the file is readable, submits a job that
+    checks it again on the cluster and logs "File was successfully made ready for
+    download", and answers with a signed ``downloadUrl``. ``GET downloadUrl``
+    streams the file over SFTP with its Content-Length; a single ``Range`` is
+    answered with 206.
+
+The data crosses the cluster filesystem once: no staging copy, no S3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import posixpath
+import re
+from collections.abc import AsyncIterable, AsyncIterator
+
+from hpcgate.errors import ApiError, BadRequest, Conflict, PayloadTooLarge
+from hpcgate.filesystem.base import ReadStream
+from hpcgate.filesystem.paths import shown
+from hpcgate.transfer import s3xml, scripts
+from hpcgate.transfer.models import (
+    DownloadRequest,
+    S3TransferResponse,
+    TransferResponse,
+    UploadRequest,
+)
+from hpcgate.transfer.service import TransferService, UserSide, part_size_for
+from hpcgate.transfer.store import Download, MultipartUpload, Part, Transfer, new_id
+
+PART_PATH = "/transfer-urls/{transfer_id}/parts/{part_number}"
+COMPLETE_PATH = "/transfer-urls/{transfer_id}/complete"
+DOWNLOAD_PATH = "/transfer-urls/{transfer_id}/download"
+
+_HASH_BLOCK = 1024 * 1024
+_JOB_MARGIN_MINUTES = 5
+
+
+class RangeNotSatisfiable(ApiError):
+    status_code = 416
+
+
+def _only_s3(method: str) -> None:
+    if method != "s3":
+        raise BadRequest(
+            f"transferMethod {method!r} is not offered: this server serves 's3' "
+            "(its own signed URLs)"
+        )
+
+
+def signed_url(
+    service: TransferService,
+    base_url: str,
+    template: str,
+    method: str,
+    transfer: Transfer,
+    part: int = 0,
+) -> str:
+    path = template.format(transfer_id=transfer.id, part_number=part)
+    query = service.signer.query(
+        method, path, transfer.binding, expires=transfer.expires, part=part
+    )
+    return f"{base_url}{path}?{query}"
+
+
+# -- upload ---------------------------------------------------------------------------
+
+
+async def start_upload(side: UserSide, body: UploadRequest, base_url: str) -> TransferResponse:
+    """Create the temporary file and the job; hand out the signed part URLs."""
+    _only_s3(body.transfer_directives.transfer_method)
+    service, config = side.service, side.config
+    size = body.size
+    if size > config.max_file_size:
+        raise PayloadTooLarge(f"The file is larger than the limit of {config.max_file_size} bytes")
+    raw = body.source_path
+    if body.file_name:  # pyfirecrest before API 2.4: a directory and a file name
+        raw = posixpath.join(raw, body.file_name)
+    target = side.fs.policy.check(raw)
+    transfer_id = new_id()
+    upload = MultipartUpload(
+        id=transfer_id,
+        system=side.system.name,
+        user=side.username,
+        target=target,
+        size=size,
+        expires_at=service.clock() + config.url_ttl_seconds,
+        part_size=part_size_for(config, size),
+    )
+    service.store.add(upload)
+    try:
+        target, upload.temp = await side.prepare_upload(target, transfer_id)
+        directory = await side.job_directory()
+        upload.marker = posixpath.join(directory, f"upload-{transfer_id}.done")
+        script = scripts.await_upload(
+            target, upload.marker, size, upload.expires, config.job_poll_seconds
+        )
+        job = await side.submit(
+            "upload",
+            script,
+            transfer_id=transfer_id,
+            account=body.account,
+            time_limit_minutes=math.ceil(config.url_ttl_seconds / 60) + _JOB_MARGIN_MINUTES,
+        )
+    except BaseException:
+        service.store.remove(transfer_id)
+        if upload.temp:
+            service.spawn(side.abandon(upload.temp, None, "not started"))
+        raise
+    upload.job_id = job.job_id
+    urls = [
+        signed_url(service, base_url, PART_PATH, "PUT", upload, number)
+        for number in range(1, upload.part_count + 1)
+    ]
+    return TransferResponse(
+        transfer_job=job,
+        transfer_directives=S3TransferResponse(
+            parts_upload_urls=urls,
+            complete_upload_url=signed_url(service, base_url, COMPLETE_PATH, "POST", upload),
+            max_part_size=upload.part_size,
+        ),
+    )
+
+
+async def write_part(
+    service: TransferService,
+    upload: MultipartUpload,
+    number: int,
+    body: AsyncIterable[bytes],
+    declared_length: int | None,
+) -> str:
+    """Stream one part into place at its offset; return its (unquoted) MD5 ETag."""
+    if upload.state != "open":
+        raise Conflict("The upload is already completed")
+    if not 1 <= number <= upload.part_count:
+        raise BadRequest(f"Part numbers of this upload are 1 to {upload.part_count}")
+    offset, length = upload.part_range(number)
+    if declared_length is not None and declared_length != length:
+        raise BadRequest(f"Part {number} must be exactly {length} bytes, not {declared_length}")
+    if upload.writing[number]:
+        raise Conflict(f"Part {number} is being uploaded already")
+    digest = hashlib.md5(usedforsecurity=False)
+    upload.writing[number] += 1
+    try:
+        side = service.side_of(upload)
+        written = await side.fs.write_stream(
+            upload.temp,
+            _hashed(body, digest, length, number),
+            offset=offset,
+            truncate=False,
+            max_size=length,
+        )
+    finally:
+        upload.writing[number] -= 1
+        if not upload.writing[number]:
+            del upload.writing[number]
+    if written != length:
+        raise BadRequest(f"Part {number} has {written} bytes; it must have {length}")
+    etag = digest.hexdigest()
+    upload.parts[number] = Part(size=length, etag=etag)
+    return etag
+
+
+async def _hashed(
+    body: AsyncIterable[bytes], digest: hashlib._Hash, limit: int, number: int
+) -> AsyncIterator[bytes]:
+    """The body in blocks of about 1 MiB, hashed off the event loop, at most ``limit``."""
+    pieces: list[bytes] = []
+    buffered = total = 0
+    async for chunk in body:
+        total += len(chunk)
+        if total > limit:
+            raise BadRequest(f"Part {number} is longer than its {limit} bytes")
+        pieces.append(chunk)
+        buffered += len(chunk)
+        if buffered >= _HASH_BLOCK:
+            block = b"".join(pieces)
+            pieces.clear()
+            buffered = 0
+            await asyncio.to_thread(digest.update, block)
+            yield block
+    if pieces:
+        block = b"".join(pieces)
+        digest.update(block)
+        yield block
+
+
+async def complete(service: TransferService, upload: MultipartUpload, body: bytes) -> str:
+    """Check the parts against the CompleteMultipartUpload body, rename into place.
+
+    Completing a completed upload again answers the same (a retry after a lost answer).
+    """
+    async with upload.lock:
+        listed = s3xml.parse_complete(body)
+        expected = list(range(1, upload.part_count + 1))
+        if [number for number, _ in listed] != expected:
+            raise BadRequest(
+                f"The body must list parts 1 to {upload.part_count}, each once and in order"
+            )
+        for number, etag in listed:
+            part = upload.parts.get(number)
+            if part is None:
+                raise BadRequest(f"Part {number} was not uploaded")
+            if part.etag != etag:
+                raise BadRequest(f"The ETag of part {number} does not match the uploaded part")
+        etag = s3xml.multipart_etag([upload.parts[number].etag for number in expected])
+        result = s3xml.complete_result(upload.target, upload.target.lstrip("/"), etag)
+        side = service.side_of(upload)
+        if upload.state == "open":
+            if upload.writing:
+                raise Conflict("Parts are still being uploaded")
+            size = await side.size_of(upload.temp)
+            if size != upload.size:
+                raise BadRequest(
+                    f"The uploaded file has {size} bytes; {upload.size} were announced"
+                )
+            await side.put_in_place(upload.temp, upload.target)
+            upload.state = "completed"
+        if not upload.marked:
+            await side.write_marker(upload.marker, "ok")
+            upload.marked = True
+        return result
+
+
+# -- download -------------------------------------------------------------------------
+
+
+async def start_download(side: UserSide, body: DownloadRequest, base_url: str) -> TransferResponse:
+    """Check the file, submit the job that says it is ready, hand out the signed URL."""
+    _only_s3(body.transfer_directives.transfer_method)
+    service = side.service
+    path, size = await side.regular_file(body.source_path)
+    download = Download(
+        id=new_id(),
+        system=side.system.name,
+        user=side.username,
+        target=path,
+        size=size,
+        expires_at=service.clock() + service.config.url_ttl_seconds,
+    )
+    service.store.add(download)
+    try:
+        job = await side.submit(
+            "download",
+            scripts.download_ready(path),
+            transfer_id=download.id,
+            account=body.account,
+        )
+    except BaseException:
+        service.store.remove(download.id)
+        raise
+    download.job_id = job.job_id
+    url = signed_url(service, base_url, DOWNLOAD_PATH, "GET", download)
+    return TransferResponse(
+        transfer_job=job, transfer_directives=S3TransferResponse(download_url=url)
+    )
+
+
+_RANGE = re.compile(r"bytes=(\d{0,20})-(\d{0,20})")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(offset, length) of a single ``bytes=`` range, None for the whole file.
+
+    Several ranges or an unparsable header: the whole file (RFC 9110 lets a server
+    ignore Range). A range past the end: ``RangeNotSatisfiable``.
+    """
+    if not header:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # the last N bytes
+        length = min(int(last), size)
+        if length == 0:
+            raise RangeNotSatisfiable(f"Range not satisfiable: {header[:100]}")
+        return size - length, length
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        raise RangeNotSatisfiable(
+            f"Range not satisfiable: {header[:100]}", headers={"Content-Range": f"bytes */{size}"}
+        )
+    return start, end - start + 1
+
+
+async def open_download(
+    service: TransferService, download: Download, range_header: str | None
+) -> tuple[ReadStream, tuple[int, int] | None]:
+    """The file opened for streaming (the whole of it, or the requested range)."""
+    side = service.side_of(download)
+    wanted = None
+    if range_header:
+        wanted = parse_range(range_header, await side.size_of(download.target))
+    if wanted is None:
+        return await side.fs.open_read(download.target), None
+    offset, length = wanted
+    stream = await side.fs.open_read(download.target, offset=offset, length=length)
+    if stream.length != length:
+        await stream.aclose()
+        raise RangeNotSatisfiable(f"The file changed size: {shown(download.target)}")
+    return stream, wanted
