@@ -1,0 +1,176 @@
+"""Fixtures for the transfer tests: a server for the local site with a known signing key.
+
+The server runs with uvicorn in a thread of its own (its own event loop), like the
+filesystem tests' server, so sync clients (pyfirecrest) and async ones both work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import httpx
+import pytest
+import uvicorn
+
+from hpcgate.app import create_app
+from hpcgate.cli import local_site_config
+from hpcgate.config import Settings
+from hpcgate.localauth import LocalIssuer, create_signing_key
+from hpcgate.scheduler.slurm_parsing import TERMINAL_STATES
+from hpcgate.transfer.service import TransferService
+from tests.site import SiteEnv
+
+USERS = ("hpcuser1", "hpcuser2")
+SIGNING_KEY = "test-signing-key-" + "k" * 32
+PART_SIZE = 8 * 1024 * 1024
+
+
+@dataclass
+class TransferServer:
+    """The running server, as the tests see it."""
+
+    url: str
+    system: str
+    issuer: LocalIssuer
+    settings: Settings
+    app: Any
+    _tokens: dict[str, str] = field(default_factory=dict)
+
+    def token(self, user: str) -> str:
+        if user not in self._tokens:
+            self._tokens[user] = self.issuer.mint(user)
+        return self._tokens[user]
+
+    def headers(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user)}"}
+
+    def client(self, user: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers(user), timeout=60)
+
+    def async_client(self, user: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers(user), timeout=60)
+
+    @property
+    def transfers(self) -> TransferService:
+        return self.app.state.transfers
+
+    def path(self, kind: str) -> str:
+        return f"/filesystem/{self.system}/{kind}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def transfer_server(
+    site_env: SiteEnv,
+    key_dir: Path,
+    *,
+    transfer: dict[str, Any] | None = None,
+    **system_overrides: Any,
+) -> Iterator[TransferServer]:
+    """A server for the local site in a thread, with ``transfer`` settings."""
+    config = local_site_config(site_env.values, key_dir)
+    config["health"] = {"interval_seconds": 3600}
+    config["transfer"] = {
+        "signing_key": SIGNING_KEY,
+        "part_size": PART_SIZE,
+        "job_poll_seconds": 0.2,
+        **(transfer or {}),
+    }
+    config["systems"][0].update(system_overrides)  # type: ignore[index]
+    settings = Settings(**config)  # type: ignore[arg-type]
+    app = create_app(settings)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name="transfer-api-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the API server did not start")
+        time.sleep(0.02)
+    try:
+        yield TransferServer(
+            url=f"http://127.0.0.1:{port}",
+            system=settings.systems[0].name,
+            issuer=create_signing_key(key_dir),
+            settings=settings,
+            app=app,
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def xfer(site_env: SiteEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransferServer]:
+    """The transfer-test server (8 MiB parts, a known signing key)."""
+    with transfer_server(site_env, tmp_path_factory.mktemp("transfer-keys")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+async def sftp_of(ssh_as: Any) -> AsyncIterator[Any]:
+    """A direct SFTP client per user, for setting up and checking files."""
+    clients: dict[str, asyncssh.SFTPClient] = {}
+
+    async def get(user: str) -> asyncssh.SFTPClient:
+        if user not in clients:
+            clients[user] = await (await ssh_as(user)).start_sftp_client()
+        return clients[user]
+
+    yield get
+    for client in clients.values():
+        client.exit()
+
+
+@pytest.fixture
+async def space(site_env: SiteEnv, sftp_of: Any) -> AsyncIterator[dict[str, str]]:
+    """A fresh directory per user in their scratch, removed afterwards."""
+    tag = uuid.uuid4().hex[:8]
+    paths = {user: f"{site_env.scratch(user)}/xfer-{tag}" for user in USERS}
+    for user, path in paths.items():
+        await (await sftp_of(user)).mkdir(path)
+    yield paths
+    for user, path in paths.items():
+        sftp = await sftp_of(user)
+        with contextlib.suppress(asyncssh.SFTPError):
+            await sftp.chmod(path, 0o700)
+            await sftp.rmtree(path)
+
+
+async def wait_for_job(
+    client: httpx.AsyncClient, system: str, job_id: str, *, timeout: float = 60
+) -> dict[str, Any]:
+    """Poll the job until it ended; its last description."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await client.get(f"/compute/{system}/jobs/{job_id}")
+        if response.status_code == 200:
+            job = response.json()["jobs"][0]
+            if job["status"]["state"] in TERMINAL_STATES:
+                return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} did not end within {timeout} s")
+        await asyncio.sleep(0.2)
+
+
+async def read_text(sftp: asyncssh.SFTPClient, path: str) -> str:
+    async with sftp.open(path, "r") as handle:
+        return await handle.read()

@@ -1,0 +1,242 @@
+"""Units of the transfer package: URL signing, S3 XML, ranges, tus metadata, job scripts."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcgate.config import TransferSettings
+from hpcgate.errors import BadRequest, Forbidden, ServiceUnavailable
+from hpcgate.transfer import s3xml, scripts
+from hpcgate.transfer.multipart import RangeNotSatisfiable, parse_range
+from hpcgate.transfer.resumable import parse_metadata, target_and_digest
+from hpcgate.transfer.service import part_size_for
+from hpcgate.transfer.signing import Binding, UrlSigner
+from hpcgate.transfer.store import MultipartUpload, TransferStore
+
+NOW = 1_700_000_000.0
+BINDING = Binding("a" * 32, "hpcuser1", "hpcsite", "/scratch/hpcuser1/f")
+
+
+def _signed(signer: UrlSigner, **changes: object) -> dict[str, object]:
+    query = dict(
+        part.split("=")
+        for part in signer.query("PUT", "/p/1", BINDING, expires=int(NOW) + 60, part=1).split("&")
+    )
+    args: dict[str, object] = {
+        "method": "PUT",
+        "path": "/p/1",
+        "binding": BINDING,
+        "expires": int(query["expires"]),
+        "signature": query["signature"],
+        "part": 1,
+    }
+    args.update(changes)
+    return args
+
+
+def test_signature_round_trip_and_every_field_bound() -> None:
+    signer = UrlSigner(b"k" * 32, clock=lambda: NOW)
+    good = _signed(signer)
+    signer.verify(**good)  # type: ignore[arg-type]
+    tampered = [
+        {"method": "GET"},
+        {"path": "/p/2"},
+        {"part": 2},
+        {"expires": int(NOW) + 61},
+        {"binding": Binding("b" * 32, "hpcuser1", "hpcsite", "/scratch/hpcuser1/f")},
+        {"binding": Binding("a" * 32, "hpcuser2", "hpcsite", "/scratch/hpcuser1/f")},
+        {"binding": Binding("a" * 32, "hpcuser1", "hpcsite", "/scratch/hpcuser1/g")},
+        {"signature": "0" * 64},
+        {"signature": "zz"},
+        {"signature": None},
+        {"signature": "é" * 64},
+    ]
+    for change in tampered:
+        with pytest.raises(Forbidden):
+            signer.verify(**_signed(signer, **change))  # type: ignore[arg-type]
+    with pytest.raises(Forbidden):  # another key
+        UrlSigner(b"x" * 32, clock=lambda: NOW).verify(**good)  # type: ignore[arg-type]
+    assert "k" * 32 not in repr(signer)
+
+
+def test_expiry_checked_first() -> None:
+    signer = UrlSigner(b"k" * 32, clock=lambda: NOW)
+    assert signer.check_expiry(str(int(NOW) + 1)) == int(NOW) + 1
+    for bad in (None, "", "abc", "-5", str(int(NOW) - 1), "9" * 13):
+        with pytest.raises(Forbidden):
+            signer.check_expiry(bad)
+
+
+def test_complete_xml_as_pyfirecrest_sends_it() -> None:
+    from firecrest.utilities import part_checksum_xml
+
+    body = part_checksum_xml(
+        [{"ETag": '"abc"', "PartNumber": 1}, {"ETag": '"DEF"', "PartNumber": 2}]
+    ).encode()
+    assert s3xml.parse_complete(body) == [(1, "abc"), (2, "def")]
+    plain = b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>x</ETag></Part>"
+    assert s3xml.parse_complete(plain + b"</CompleteMultipartUpload>") == [(1, "x")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not xml",
+        b"<Other/>",
+        b"<CompleteMultipartUpload/>",
+        b"<CompleteMultipartUpload><Part><ETag>x</ETag></Part></CompleteMultipartUpload>",
+        b'<!DOCTYPE a [<!ENTITY b "c">]><CompleteMultipartUpload/>',
+        b"<CompleteMultipartUpload>" + b" " * s3xml.MAX_COMPLETE_BODY + b"</>",
+    ],
+)
+def test_complete_xml_refused(body: bytes) -> None:
+    with pytest.raises(BadRequest):
+        s3xml.parse_complete(body)
+
+
+def test_multipart_etag_like_s3() -> None:
+    parts = [hashlib.md5(b"a").hexdigest(), hashlib.md5(b"b").hexdigest()]
+    joined = hashlib.md5(bytes.fromhex(parts[0]) + bytes.fromhex(parts[1])).hexdigest()
+    assert s3xml.multipart_etag(parts) == f'"{joined}-2"'
+
+
+def test_ranges() -> None:
+    assert parse_range(None, 10) is None
+    assert parse_range("bytes=0-", 10) == (0, 10)
+    assert parse_range("bytes=2-4", 10) == (2, 3)
+    assert parse_range("bytes=5-100", 10) == (5, 5)
+    assert parse_range("bytes=-3", 10) == (7, 3)
+    assert parse_range("bytes=0-1,4-5", 10) is None  # several: the whole file
+    assert parse_range("items=0-1", 10) is None
+    for bad in ("bytes=10-", "bytes=5-2", "bytes=-0"):
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(bad, 10)
+
+
+def test_tus_metadata() -> None:
+    digest = hashlib.sha256(b"x").digest()
+    header = (
+        f"path {base64.b64encode(b'/a/b c').decode()},"
+        f"sha256 {base64.b64encode(digest).decode()},flag"
+    )
+    metadata = parse_metadata(header)
+    assert metadata["flag"] == b""
+    assert target_and_digest(metadata) == ("/a/b c", digest)
+    hexed = {"path": b"/a", "sha256": digest.hex().encode()}
+    assert target_and_digest(hexed) == ("/a", digest)
+    for bad in ("path !!!", "path a b", "path YQ==,,", " "):
+        with pytest.raises(BadRequest):
+            parse_metadata(bad)
+    for metadata in ({"path": b"/a"}, {"sha256": digest}, {"path": b"/a", "sha256": b"short"}):
+        with pytest.raises(BadRequest):
+            target_and_digest(metadata)
+
+
+def test_part_size_grows_to_fit_max_parts() -> None:
+    config = TransferSettings(part_size=8 * 1024**2, max_parts=10)
+    assert part_size_for(config, 10 * 8 * 1024**2) == 8 * 1024**2
+    assert part_size_for(config, 10 * 8 * 1024**2 + 1) == 9 * 1024**2
+    assert part_size_for(config, 0) == 8 * 1024**2
+
+
+def test_store_expiry_limit_and_part_ranges() -> None:
+    now = [NOW]
+    store = TransferStore(max_per_user=2, clock=lambda: now[0])
+
+    def upload(name: str, user: str = "u") -> MultipartUpload:
+        return MultipartUpload(
+            id=name, system="s", user=user, target="/t", size=20, expires_at=NOW + 10, part_size=8
+        )
+
+    first = upload("1")
+    store.add(first)
+    store.add(upload("2"))
+    with pytest.raises(ServiceUnavailable):
+        store.add(upload("3"))
+    store.add(upload("4", user="other"))
+    assert first.part_count == 3
+    assert [first.part_range(n) for n in (1, 2, 3)] == [(0, 8), (8, 8), (16, 4)]
+    assert store.get("1") is first
+    now[0] += 11
+    assert store.get("1") is None
+    assert {t.id for t in store.expired()} == {"1", "2", "4"}
+    assert len(store) == 0
+
+
+NASTY = ["it's", 'a "b" $(touch pwned) `x` ;|&', "*", "-rf", "%s%n\\n", "ü ñ"]
+
+
+@pytest.mark.parametrize("name", NASTY)
+def test_scripts_quote_every_path(tmp_path: Path, name: str) -> None:
+    """The generated scripts, run by bash, act on exactly the named files."""
+    source = tmp_path / f"src {name}"
+    source.mkdir()
+    (source / "f.txt").write_text("data")
+    moved = tmp_path / f"moved {name}"
+    archive = tmp_path / f"{name}.tar.gz"
+    out = tmp_path / f"out {name}"
+    out.mkdir()
+
+    def run(script: str) -> str:
+        done = subprocess.run(
+            ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "Files were successfully copied" in run(scripts.copy(str(source), str(moved)))
+    assert "Files were successfully compressed" in run(
+        scripts.compress(str(moved), str(archive), match_pattern=r".*\.txt")
+    )
+    whole = tmp_path / f"whole {name}.tar"
+    assert "Files were successfully compressed" in run(
+        scripts.compress(str(source), str(whole), compression="none")
+    )
+    listing = subprocess.run(
+        ["tar", "--quoting-style=literal", "-tf", str(whole)], capture_output=True, check=True
+    )
+    assert f"src {name}/f.txt".encode() in listing.stdout
+    whole.unlink()
+    assert "Files were successfully extracted" in run(scripts.extract(str(archive), str(out)))
+    assert (out / moved.name / "f.txt").read_text() == "data"
+    assert "File was successfully" in run(scripts.download_ready(str(out / moved.name / "f.txt")))
+    assert "Files were successfully removed" in run(scripts.remove(str(moved)))
+    assert name in run(scripts.move(str(source), str(moved)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [archive.name, moved.name, out.name]
+    )
+
+
+def test_failing_script_reports_and_exits_non_zero(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["bash", "-c", scripts.move(str(tmp_path / "missing"), str(tmp_path / "x"))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "successfully" not in done.stdout
+    assert "failed (exit status 1)" in done.stderr
+
+
+def test_upload_job_script_waits_for_the_marker(tmp_path: Path) -> None:
+    target, marker = tmp_path / "t", tmp_path / "m"
+    target.write_bytes(b"12345")
+    marker.write_text("ok")
+    script = scripts.await_upload(str(target), str(marker), 5, int(NOW) * 2, 0.1)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Multipart file upload successfully completed" in done.stdout
+    assert not marker.exists()
+    # no marker and a deadline in the past: gives up
+    late = scripts.await_upload(str(target), str(marker), 5, int(NOW), 0.1)
+    done = subprocess.run(["bash", "-c", late], capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and "did not complete" in done.stderr
+    marker.write_text("failed: expired")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and "failed: expired" in done.stderr
