@@ -209,7 +209,7 @@ async def complete_upload(
     return Response(result, media_type="application/xml")
 
 
-@signed.api_route(multipart.DOWNLOAD_PATH, methods=["GET", "HEAD"], response_class=Response)
+@signed.get(multipart.DOWNLOAD_PATH, response_class=Response)
 async def get_download(
     service: ServiceDep,
     request: Request,
@@ -219,10 +219,6 @@ async def get_download(
     """The file's bytes, streamed from the cluster; one `Range` is answered with 206."""
     transfer = _verified(service, request, transfer_id, Download, "GET", multipart.DOWNLOAD_PATH)
     stream, wanted = await multipart.open_download(service, transfer, range_header)
-    if request.method == "HEAD":
-        await stream.aclose()
-        headers = {"Content-Length": str(stream.length), "Accept-Ranges": "bytes"}
-        return Response(status_code=status.HTTP_200_OK, headers=headers)
     response = _ReadStreamResponse(stream, transfer.target.rsplit("/", 1)[-1])
     response.headers["Accept-Ranges"] = "bytes"
     if wanted is not None:
@@ -232,6 +228,15 @@ async def get_download(
             f"bytes {offset}-{offset + length - 1}/{stream.file_size}"
         )
     return response
+
+
+@signed.head(multipart.DOWNLOAD_PATH, response_class=Response)
+async def head_download(service: ServiceDep, request: Request, transfer_id: TransferId) -> Response:
+    """The file's size (the GET URL's signature is good for HEAD too)."""
+    transfer = _verified(service, request, transfer_id, Download, "GET", multipart.DOWNLOAD_PATH)
+    size = await service.side_of(transfer).size_of(transfer.target)
+    headers = {"Content-Length": str(size), "Accept-Ranges": "bytes"}
+    return Response(status_code=status.HTTP_200_OK, headers=headers)
 
 
 # -- /filesystem/{system}/uploads: tus 1.0 -------------------------------------------------
