@@ -43,7 +43,7 @@ import asyncssh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.api_bench import cpu_seconds, ssh_floor
+from bench.api_bench import cpu_seconds
 from bench.loadgen import Result, format_row, run_load, summarise
 from hpcgate.config import SshSettings
 from tests.server import ApiServer, start_server
@@ -53,6 +53,7 @@ MIB = 1024 * 1024
 BLOCK = 4 * MIB
 PART_CONCURRENCY = 4
 LIST_FILES = 100
+MAX_CHANNELS = SshSettings.model_fields["max_channels_per_connection"].default
 TRANSFER_TIMEOUT = 600.0
 
 
@@ -81,7 +82,7 @@ async def sftp_floor(
             t0 = time.perf_counter()
             try:
                 await call()
-            except asyncssh.SFTPError:
+            except (asyncssh.SFTPError, asyncssh.ChannelOpenError):
                 errors += 1
             latencies.append(time.perf_counter() - t0)
 
@@ -89,6 +90,32 @@ async def sftp_floor(
     elapsed = time.perf_counter() - started
     statuses = {"ok": len(latencies) - errors, "error": errors}
     return summarise(label, concurrency, elapsed, latencies, statuses, errors)
+
+
+async def exec_floor(
+    conn: asyncssh.SSHClientConnection,
+    argv: list[str],
+    *,
+    concurrency: int,
+    duration: float,
+    max_requests: int,
+    label: str,
+) -> Result:
+    """``argv`` in a loop on one warm connection, at most ``MAX_CHANNELS`` channels open
+    at once (as the server's pool allows per connection: ``ssh.max_channels_per_connection``).
+    """
+    channels = asyncio.Semaphore(MAX_CHANNELS)
+    command = shlex.join(argv)
+
+    async def call() -> None:
+        async with channels:
+            result = await conn.run(command, check=False)
+        if result.exit_status != 0:
+            raise asyncssh.SFTPError(asyncssh.FX_FAILURE, "exit status")
+
+    return await sftp_floor(
+        call, concurrency=concurrency, duration=duration, max_requests=max_requests, label=label
+    )
 
 
 # -- transfers --------------------------------------------------------------------------
@@ -408,8 +435,8 @@ async def bench(levels: list[int], duration: float, size: int) -> dict[str, Any]
                 "GET ops/ls (100 entries)",
                 run_load(f"{ops}/ls?path={listing}", headers=headers, label="GET ops/ls", **common),
                 [
-                    ssh_floor(
-                        conn, ["ls", "-l", listing], stdin=None, max_requests=1_000_000,
+                    exec_floor(
+                        conn, ["ls", "-l", listing], max_requests=1_000_000,
                         label="floor: exec ls -l (warm ssh)", **common,
                     ),
                     sftp_floor(
