@@ -6,6 +6,7 @@ Environment variables prefixed ``HPCGATE_`` (nested with ``__``) override the fi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -139,6 +140,60 @@ class SchedulerSettings(_Model):
     )
 
 
+class WatcherSettings(_Model):
+    """The shared job watcher of a system (``hpcgate.watcher``).
+
+    Per round it runs one ``squeue`` for the watched jobs and, when some of them
+    ended, one ``sacct``, whatever the number of waiting clients. With ``user`` set
+    it polls as that service user (who must see every user's jobs, i.e. no
+    ``PrivateData=jobs`` for it); without one it polls per user, as each user.
+    Answers are always filtered to the caller's own jobs.
+    """
+
+    enabled: bool = True
+    user: str | None = Field(
+        None, description="service user the watcher polls as; unset: poll as each user"
+    )
+    min_interval: float = Field(
+        2.0,
+        ge=0.2,
+        le=600,
+        description="seconds between rounds while watched jobs are pending, running or "
+        "just changed (also the least time between two rounds)",
+    )
+    max_interval: float = Field(
+        30.0, ge=0.2, le=3600, description="seconds between rounds when nothing is active"
+    )
+    interest_seconds: float = Field(
+        60.0, gt=0, description="how long a plain GET keeps a job watched"
+    )
+    retention_seconds: float = Field(
+        3600.0, gt=0, description="how long ended jobs and their events are kept"
+    )
+    settle_seconds: float = Field(
+        60.0, gt=0, description="how long to wait for accounting to settle an ended job"
+    )
+    history: int = Field(16, ge=1, le=1024, description="events kept per job for resume")
+    heartbeat_seconds: float = Field(15.0, gt=0, le=300, description="SSE comment heartbeat")
+    max_wait_seconds: float = Field(300.0, gt=0, description="largest long-poll timeout")
+    max_stream_seconds: float = Field(
+        3600.0, gt=0, description="an event stream closes after this long (clients resume)"
+    )
+    max_stream_jobs: int = Field(1000, ge=1, description="most job ids in one multi-job stream")
+    max_subscribers: int = Field(
+        20_000, ge=1, description="open streams and long-polls on the system at once"
+    )
+    max_batch: int = Field(
+        2000, ge=1, description="most job ids in one squeue -j or sacct -j of a round"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WatcherSettings:
+        if self.min_interval > self.max_interval:
+            raise ValueError("min_interval must not exceed max_interval")
+        return self
+
+
 class SystemSettings(_Model):
     """One cluster ("system") served by this API."""
 
@@ -156,6 +211,7 @@ class SystemSettings(_Model):
         description="user the health checker logs in as to probe the scheduler and "
         "filesystems; without one only the SSH server's banner is checked",
     )
+    watcher: WatcherSettings = WatcherSettings()
 
 
 class AuthSettings(_Model):
@@ -254,6 +310,39 @@ class TransferSettings(_Model):
         return value
 
 
+class IdempotencySettings(_Model):
+    """``Idempotency-Key`` on job submission (``hpcgate.idempotency``)."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    path: Path | None = Field(
+        None, description="SQLite file (default: <state_dir>/idempotency.sqlite3)"
+    )
+    ttl_hours: float = Field(
+        7 * 24.0, gt=0, description="how long a key is remembered after its submission"
+    )
+    fault_delay_before_record: float = Field(
+        0.0, ge=0, le=600, description="TEST ONLY: sleep after sbatch, before recording the job"
+    )
+    fault_delay_before_response: float = Field(
+        0.0, ge=0, le=600, description="TEST ONLY: sleep after recording, before answering"
+    )
+    fault_key_prefix: str = Field(
+        "", description="TEST ONLY: the fault delays apply to keys starting with this"
+    )
+
+
+class MetricsSettings(_Model):
+    """``/metrics`` (Prometheus text format).
+
+    Without ``bearer_token_file`` it answers anyone: it holds no user names, only
+    route templates, system names and counts; restrict it at the network level. With
+    one, a scraper must send ``Authorization: Bearer <the file's content>``.
+    """
+
+    enabled: bool = True
+    bearer_token_file: Path | None = None
+
+
 class Settings(BaseSettings):
     """The whole configuration."""
 
@@ -264,6 +353,13 @@ class Settings(BaseSettings):
     auth: AuthSettings
     systems: list[SystemSettings] = Field(min_length=1)
     health: HealthSettings = HealthSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
+    metrics: MetricsSettings = MetricsSettings()
+    state_dir: Path | None = Field(
+        None,
+        description="where the server keeps state (default $XDG_STATE_HOME/hpcgate, "
+        "else ~/.local/state/hpcgate)",
+    )
     transfer: TransferSettings = TransferSettings()
     app_version: str = Field(
         "2.6.0", description="sent as F7T-AppVersion (pyfirecrest gates on it)"
@@ -282,6 +378,13 @@ class Settings(BaseSettings):
                 )
             seen.add(key)
         return systems
+
+    def state_path(self) -> Path:
+        """The state directory (not created here)."""
+        if self.state_dir is not None:
+            return self.state_dir.expanduser()
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "hpcgate"
 
     def system(self, name: str) -> SystemSettings | None:
         """The system called ``name`` (case-insensitive), or None."""
