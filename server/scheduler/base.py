@@ -11,6 +11,7 @@ answers with something unexpected.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Protocol
 
 from hpcgate import errors
@@ -78,11 +79,40 @@ def validate_attach_command(command: str) -> str:
     return command
 
 
+class ListedJob(Protocol):
+    """A job as the controller lists it, with its own numeric id (``raw_id``: an array
+    task's id, not ``123_4``)."""
+
+    @property
+    def raw_id(self) -> str: ...
+
+    @property
+    def job(self) -> Job: ...
+
+
 class Scheduler(Protocol):
     """A workload manager, driven through the calling user's runner."""
 
-    async def submit(self, runner: CommandRunner, description: JobDescription) -> str:
-        """Submit a batch job; return its id (``"123"``)."""
+    async def submit(
+        self, runner: CommandRunner, description: JobDescription, *, comment: str | None = None
+    ) -> str:
+        """Submit a batch job, with ``comment`` stamped on it if given; return its id."""
+        ...
+
+    async def active_jobs(
+        self, runner: CommandRunner, *, users: Sequence[str] = (), job_ids: Sequence[str] = ()
+    ) -> Sequence[ListedJob]:
+        """Every job the controller holds (ended ones too) of ``users`` / ``job_ids``."""
+        ...
+
+    async def accounted_jobs(self, runner: CommandRunner, job_ids: Sequence[str]) -> list[Job]:
+        """Accounting records of ``job_ids`` (array ids: their tasks), steps as tasks."""
+        ...
+
+    async def jobs_with_comment(
+        self, runner: CommandRunner, comment: str, *, since: int
+    ) -> list[str]:
+        """Ids of the runner's user's jobs stamped with ``comment`` (submitted since)."""
         ...
 
     async def jobs(

@@ -80,6 +80,7 @@ from hpcgate.scheduler.slurm_parsing import (
     parse_time_limit,
     select_entries,
     slurm_message,
+    split_records,
     summarize_array,
     unavailable,
     unexpected,
@@ -123,12 +124,13 @@ _FILTER = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 
 
 def build_sbatch_options(
-    description: JobDescription, allowed_extra: Sequence[str] = ()
+    description: JobDescription, allowed_extra: Sequence[str] = (), comment: str | None = None
 ) -> list[str]:
     """sbatch's options (and the remote script path, last) for ``description``.
 
     Extra options come first so that the first-class fields win; an extra option not
     in ``allowed_extra`` (or in ``FORBIDDEN_EXTRA_OPTIONS``) is a ``BadRequest``.
+    ``comment`` (``--comment``, e.g. an idempotency stamp) overrides an extra one.
     """
     options = ["--parsable"]
     for name, value in (description.extra_options or {}).items():
@@ -155,6 +157,10 @@ def build_sbatch_options(
         ("dependency", description.dependency_expression),
     ]
     options.extend(f"--{name}={value}" for name, value in fields if value is not None)
+    if comment is not None:
+        if not _FILTER.fullmatch(comment):
+            raise ValueError("invalid job comment")
+        options.append(f"--comment={comment}")
     if description.script_path is not None:
         options.append(posixpath.join(description.working_directory, description.script_path))
     return options
@@ -320,9 +326,11 @@ class SlurmScheduler:
 
     # ------------------------------------------------------------ jobs
 
-    async def submit(self, runner: CommandRunner, description: JobDescription) -> str:
+    async def submit(
+        self, runner: CommandRunner, description: JobDescription, *, comment: str | None = None
+    ) -> str:
         """``sbatch --parsable``; the script on stdin, or ``scriptPath`` as argument."""
-        options = build_sbatch_options(description, self.settings.extra_sbatch_options)
+        options = build_sbatch_options(description, self.settings.extra_sbatch_options, comment)
         if description.env:
             sbatch = "sbatch"
             if "PATH" in description.env:
@@ -441,6 +449,59 @@ class SlurmScheduler:
             for job in listed
             if (name is None or job.name == name) and (account is None or job.account == account)
         ]
+
+    async def active_jobs(
+        self,
+        runner: CommandRunner,
+        *,
+        users: Sequence[str] = (),
+        job_ids: Sequence[str] = (),
+    ) -> list[ActiveJob]:
+        """One ``squeue -t all`` for ``users``' jobs or for ``job_ids`` (both: AND):
+        every job the controller still holds, ended ones included (``MinJobAge``)."""
+        selection: list[str] = []
+        if users:
+            selection += ["-u", ",".join(users)]
+        if job_ids:
+            selection += ["-j", ",".join(validate_job_id(job_id) for job_id in job_ids)]
+        return await self._squeue(runner, *selection)
+
+    async def accounted_jobs(self, runner: CommandRunner, job_ids: Sequence[str]) -> list[Job]:
+        """One ``sacct -j`` for ``job_ids`` (array ids give their tasks), steps as tasks."""
+        if not job_ids:
+            return []
+        ids = ",".join(validate_job_id(job_id) for job_id in job_ids)
+        return await self._sacct(runner, "-j", ids)
+
+    async def jobs_with_comment(
+        self, runner: CommandRunner, comment: str, *, since: int
+    ) -> list[str]:
+        """Ids of the runner's user's jobs whose ``--comment`` is ``comment``: from the
+        controller (jobs it holds) and from accounting since ``since`` (epoch seconds;
+        found there only if the site stores comments, ``AccountingStoreFlags=job_comment``).
+        """
+        if not _FILTER.fullmatch(comment):
+            raise errors.BadRequest("Invalid comment")
+        fields = ("ArrayJobID", "JobID", "Comment")
+        squeue = [*_EPOCH_TIMES, "squeue", "-h", "-t", "all", "--me", "-O", format_fields(fields)]
+        sacct = [*_EPOCH_TIMES, "sacct", "-n", "-X", "-p", f"--delimiter={FIELD_SEP}"]
+        sacct += ["-S", str(max(0, since)), "-E", "now", "-o", "JobID,Comment"]
+        active, accounted = await _gather(self._run(runner, squeue), self._run(runner, sacct))
+        found: set[str] = set()
+        if not active.ok:
+            raise unexpected("squeue", active.exit_status, active.stderr)
+        for array_id, job_id, text in self._parsed(
+            "squeue", lambda: split_records(active.stdout, len(fields))
+        ):
+            if text.strip() == comment:
+                found.add(array_id.strip() if array_id.strip().isdigit() else job_id.strip())
+        if accounted.ok:
+            for job_id, text in self._parsed("sacct", lambda: split_records(accounted.stdout, 2)):
+                if text.strip() == comment:
+                    found.add(re.split(r"[_+.]", job_id.strip(), maxsplit=1)[0])
+        else:
+            log.warning("sacct failed in a comment lookup: %s", slurm_message(accounted.stderr))
+        return sorted(found, key=int)
 
     async def cancel(self, runner: CommandRunner, job_id: str) -> None:
         """``scancel``; unknown → NotFound, another user's job → Forbidden."""
