@@ -1,4 +1,5 @@
-"""A lean ASGI middleware: request id, F7T-AppVersion header, JSON access log.
+"""A lean ASGI middleware: request id, F7T-AppVersion header, JSON access log, and
+the request metrics (count and duration by route template and status).
 
 Written against raw ASGI rather than ``BaseHTTPMiddleware`` so that it costs little
 per request and never buffers streamed bodies.
@@ -13,10 +14,17 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hpcgate.metrics import Metrics
+
 access_log = logging.getLogger("hpcgate.access")
 
 _REQUEST_ID_HEADERS = (b"x-request-id", b"x-correlation-id")
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _metrics(scope: Scope) -> Metrics | None:
+    services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+    return getattr(services, "metrics", None)
 
 
 class RequestContextMiddleware:
@@ -58,6 +66,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_headers)
         finally:
             route = scope.get("route")
+            seconds = time.perf_counter() - started
             access_log.info(
                 "request",
                 extra={
@@ -65,8 +74,13 @@ class RequestContextMiddleware:
                     "method": scope["method"],
                     "route": getattr(route, "path", scope["path"]),
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(seconds * 1000, 2),
                     "user": state.get("user"),
                     "system": state.get("system"),
                 },
             )
+            metrics = _metrics(scope)
+            if metrics is not None:
+                # unmatched paths share one label: no series per probed URL
+                template = getattr(route, "path", "<unmatched>")
+                metrics.observe_request(scope["method"], template, status, seconds)

@@ -29,6 +29,7 @@ import asyncio
 import logging
 import shlex
 import signal
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -58,6 +59,8 @@ _LOST = (
     ConnectionResetError,
 )
 _CLOSE_GRACE_SECONDS = 5.0
+
+CommandObserver = Callable[[str, Sequence[str], float, "int | None"], None]
 
 
 class _ChannelNotOpened(Exception):
@@ -158,7 +161,12 @@ class SshPool:
         self,
         systems: Settings | Sequence[SystemSettings],
         identities: Mapping[str, SshIdentityProvider] | None = None,
+        *,
+        on_command: CommandObserver | None = None,
     ) -> None:
+        """``on_command(system, argv, seconds, exit_status)`` is called after every
+        command (``exit_status`` None when it raised); metrics use it."""
+        self.on_command = on_command
         listed = systems.systems if isinstance(systems, Settings) else list(systems)
         self._systems = {system.name.lower(): system for system in listed}
         given = {name.lower(): provider for name, provider in (identities or {}).items()}
@@ -524,4 +532,14 @@ class _PooledRunner:
         timeout: float | None = None,
     ) -> CommandResult:
         """Run ``argv`` (quoted with ``shlex.join``) and collect its output."""
-        return await self._pool._run(self._system, self._username, argv, stdin, timeout)
+        observer = self._pool.on_command
+        if observer is None:
+            return await self._pool._run(self._system, self._username, argv, stdin, timeout)
+        started = time.perf_counter()
+        status: int | None = None
+        try:
+            result = await self._pool._run(self._system, self._username, argv, stdin, timeout)
+            status = result.exit_status
+            return result
+        finally:
+            observer(self._system.name, argv, time.perf_counter() - started, status)

@@ -1,0 +1,216 @@
+"""Prometheus metrics: one registry per ``Services``, rendered at ``GET /metrics``.
+
+Labels never carry user names or job ids: routes are templates, commands are
+program names, systems are configured names, so the series stay few.
+
+* ``hpcgate_http_requests_total`` and ``hpcgate_http_request_duration_seconds``
+  (method, route template, status; streams count their whole lifetime).
+* ``hpcgate_scheduler_commands_total`` and ``..._duration_seconds`` (system,
+  command, source: ``request``, ``watcher``, ``health``, ``idempotency``), from the
+  SSH pool's command hook, so every command run on a cluster is counted.
+* Read at scrape time: SSH connections/channels per system (``SshPool.stats()``),
+  the watchers' interval, lag, jobs tracked, subscribers and waiters.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from hpcgate import errors
+
+SCHEDULER_PROGRAMS = frozenset(
+    {"sbatch", "squeue", "sacct", "scancel", "scontrol", "sinfo", "sacctmgr", "srun", "sprio"}
+)
+"""Programs counted under their own name; anything else is ``other``."""
+
+command_source: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "hpcgate_command_source", default="request"
+)
+"""Who runs the commands of the current task: set by the watcher, the health
+checker and the idempotency lookup; ``request`` otherwise."""
+
+disable_created_metrics()  # no *_created series: they double the output for nothing
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+_COMMAND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+Gauges = Callable[[], Iterable[Metric]]
+
+
+def command_kind(argv: Sequence[str]) -> str:
+    """The program of ``argv``, past an ``env NAME=VALUE ...`` prefix."""
+    index = 0
+    if argv and argv[0] == "env":
+        index = 1
+        while index < len(argv) and "=" in argv[index] and not argv[index].startswith("-"):
+            index += 1
+    program = argv[index].rsplit("/", 1)[-1] if index < len(argv) else ""
+    return program if program in SCHEDULER_PROGRAMS else "other"
+
+
+class _Live(Collector):
+    """Gauges computed when scraped, from the registered providers."""
+
+    def __init__(self) -> None:
+        self.providers: list[Gauges] = []
+
+    def collect(self) -> Iterable[Metric]:
+        for provider in self.providers:
+            yield from provider()
+
+
+class Metrics:
+    """The server's metrics and their registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "hpcgate_http_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "hpcgate_http_request_duration_seconds",
+            "HTTP request duration (streams: their lifetime)",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.commands = Counter(
+            "hpcgate_scheduler_commands",
+            "Commands run on a cluster, by program (Slurm commands by name, else other)",
+            ["system", "command", "source", "outcome"],
+            registry=self.registry,
+        )
+        self.command_seconds = Histogram(
+            "hpcgate_scheduler_command_duration_seconds",
+            "Duration of commands run on a cluster",
+            ["system", "command"],
+            buckets=_COMMAND_BUCKETS,
+            registry=self.registry,
+        )
+        self.watcher_rounds = Counter(
+            "hpcgate_watcher_rounds",
+            "Watcher polling rounds (one squeue and at most one sacct per scope each)",
+            ["system", "outcome"],
+            registry=self.registry,
+        )
+        self.watcher_round_seconds = Histogram(
+            "hpcgate_watcher_round_duration_seconds",
+            "Duration of a watcher round",
+            ["system"],
+            buckets=_COMMAND_BUCKETS,
+            registry=self.registry,
+        )
+        self.watcher_events = Counter(
+            "hpcgate_watcher_events",
+            "Job state changes the watcher published",
+            ["system"],
+            registry=self.registry,
+        )
+        self.submissions = Counter(
+            "hpcgate_idempotent_submissions",
+            "Submissions with an Idempotency-Key, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self._live = _Live()
+        self.registry.register(self._live)
+
+    def add_gauges(self, provider: Gauges) -> None:
+        """Collect ``provider()``'s metric families at every scrape."""
+        self._live.providers.append(provider)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        labels = (method, route, str(status))
+        self.requests.labels(*labels).inc()
+        self.request_seconds.labels(*labels).observe(seconds)
+
+    def observe_command(
+        self, system: str, argv: Sequence[str], seconds: float, exit_status: int | None
+    ) -> None:
+        kind = command_kind(argv)
+        if exit_status is None:
+            outcome = "error"
+        else:
+            outcome = "ok" if exit_status == 0 else "nonzero"
+        self.commands.labels(system, kind, command_source.get(), outcome).inc()
+        self.command_seconds.labels(system, kind).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def gauge(name: str, documentation: str, values: dict[str, float]) -> GaugeMetricFamily:
+    """A gauge family labelled by ``system``."""
+    family = GaugeMetricFamily(name, documentation, labels=["system"])
+    for system, value in values.items():
+        family.add_metric([system], value)
+    return family
+
+
+def pool_gauges(stats: Callable[[], dict[str, dict[str, int]]]) -> Gauges:
+    """SSH pool figures per system, from ``SshPool.stats()``."""
+
+    def collect() -> Iterable[Metric]:
+        rows = stats()
+        yield gauge(
+            "hpcgate_ssh_connections",
+            "Open SSH connections",
+            {s: r["connections"] for s, r in rows.items()},
+        )
+        yield gauge(
+            "hpcgate_ssh_connecting",
+            "SSH connections being opened",
+            {s: r["connecting"] for s, r in rows.items()},
+        )
+        yield gauge(
+            "hpcgate_ssh_channels_in_use",
+            "SSH exec channels in use",
+            {s: r["channels_in_use"] for s, r in rows.items()},
+        )
+        yield gauge(
+            "hpcgate_ssh_sftp_sessions",
+            "Open SFTP sessions",
+            {s: r["sftp_sessions"] for s, r in rows.items()},
+        )
+        connects = CounterMetricFamily(
+            "hpcgate_ssh_connects", "SSH connections opened since start", labels=["system"]
+        )
+        for system, row in rows.items():
+            connects.add_metric([system], row["connects_total"])
+        yield connects
+
+    return collect
+
+
+router = APIRouter(tags=["metrics"])
+
+
+def _scrape_token(path: Path | None) -> bytes | None:
+    return path.read_bytes().strip() if path is not None else None
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text format; a bearer token only when ``metrics.bearer_token_file``."""
+    services = request.app.state.services
+    settings = services.settings.metrics
+    if not settings.enabled:
+        raise errors.NotFound("Metrics are disabled")
+    expected = _scrape_token(settings.bearer_token_file)
+    if expected is not None:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, b"Bearer " + expected):
+            raise errors.Unauthorized("This endpoint needs the metrics scrape token")
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
