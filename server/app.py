@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hpcgate import __version__
 from hpcgate.config import Settings
 from hpcgate.errors import ApiError
+from hpcgate.metrics import router as metrics_router
 from hpcgate.middleware import RequestContextMiddleware
 from hpcgate.routers import compute, filesystem, status, transfer
 from hpcgate.services import Services
@@ -100,6 +101,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(compute.router)
     app.include_router(filesystem.router)
     app.include_router(transfer.router)
+    app.include_router(metrics_router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,13 +1,25 @@
-"""/compute: submit, list, inspect, cancel and attach to jobs."""
+"""/compute: submit, list, inspect, cancel and attach to jobs; wait for them.
+
+Beyond FirecREST: ``Idempotency-Key`` on submission (``hpcgate.idempotency``),
+``waitFor`` long-polls on ``GET .../jobs/{id}`` and Server-Sent Events streams of
+job state changes (``hpcgate.events``), all over the system's shared job watcher
+(``hpcgate.watcher``), which also answers plain job lookups while fresh.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import time
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import BeforeValidator, StringConstraints
 
-from hpcgate.dependencies import SystemDep
+from hpcgate import errors
+from hpcgate.dependencies import SystemContext, SystemDep
+from hpcgate.events import EventStreamResponse, job_events, parse_event_id, wait_for_job
+from hpcgate.idempotency import REPLAYED_HEADER, KeyScope
+from hpcgate.scheduler.base import validate_job_id
 from hpcgate.scheduler.models import (
     AttachRequest,
     JobMetadataResponse,
@@ -15,6 +27,13 @@ from hpcgate.scheduler.models import (
     JobSubmitRequest,
     JobSubmitResponse,
 )
+from hpcgate.watcher import JobView, JobWatcher
+
+EVENT_ID_HEADER = "X-Hpcgate-Event-Id"
+"""On job answers from the watcher: the id of the event the answer reflects."""
+WAIT_HEADER = "X-Hpcgate-Wait"
+"""On long-poll answers: ``terminal``, ``changed`` or ``timeout``."""
+_SSE = {200: {"content": {"text/event-stream": {}}, "description": "an SSE stream"}}
 
 router = APIRouter(prefix="/compute/{system_name}", tags=["compute"])
 
@@ -34,11 +53,62 @@ NameFilter = _filter(235)
 TimeWindow = _filter(16)  # 1h, 8h, 24h, 3d, 7d (or <n>m/h/d); checked by the scheduler
 
 
+def _watcher(ctx: SystemContext) -> JobWatcher | None:
+    return ctx.services.watchers.get(ctx.name)
+
+
+def _require_watcher(ctx: SystemContext) -> JobWatcher:
+    watcher = _watcher(ctx)
+    if watcher is None:
+        raise errors.BadRequest(f"Job events are disabled on system '{ctx.name}'")
+    return watcher
+
+
+def _answer(response: Response, view: JobView) -> JobsResponse:
+    response.headers[EVENT_ID_HEADER] = str(view.seq)
+    return JobsResponse(jobs=[view.job])
+
+
 @router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobSubmitResponse)
-async def submit_job(ctx: SystemDep, body: JobSubmitRequest) -> JobSubmitResponse:
-    """Submit a batch job: the script goes to sbatch on stdin, or `scriptPath` is used."""
+async def submit_job(
+    ctx: SystemDep,
+    body: JobSubmitRequest,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="a repeat with this key returns the first job (same body) or 422",
+        ),
+    ] = None,
+) -> JobSubmitResponse:
+    """Submit a batch job: the script goes to sbatch on stdin, or `scriptPath` is used.
+
+    With `Idempotency-Key`, at most one job is created per key (and user): a repeat
+    answers the same 201 body with `Idempotent-Replayed: true`.
+    """
     ctx.ensure_healthy("scheduler")
-    job_id = await ctx.scheduler.submit(ctx.runner, body.job)
+    submitter = ctx.services.submitter
+    if idempotency_key is None or submitter is None:
+        job_id = await ctx.scheduler.submit(ctx.runner, body.job)
+    else:
+        runner, scheduler = ctx.runner, ctx.scheduler
+
+        async def submit(comment: str) -> str:
+            return await scheduler.submit(runner, body.job, comment=comment)
+
+        async def lookup(comment: str, since: int) -> list[str]:
+            return await scheduler.jobs_with_comment(runner, comment, since=since)
+
+        scope = KeyScope(ctx.name, ctx.username, idempotency_key)
+        job_id, replayed = await submitter.submit(scope, body, submit, lookup)
+        if replayed:
+            response.headers[REPLAYED_HEADER] = "true"
+        elif submitter.settings.fault_delay_before_response and submitter.faulty(scope):
+            await asyncio.sleep(submitter.settings.fault_delay_before_response)
+    watcher = _watcher(ctx)
+    if watcher is not None:
+        watcher.submitted(ctx.username, job_id)
     return JobSubmitResponse(job_id=job_id)
 
 
@@ -59,10 +129,125 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobsResponse)
-async def get_job(ctx: SystemDep, job_id: str) -> JobsResponse:
-    """One job; an array id answers with the array's summary (its tasks in `tasks`)."""
+async def get_job(
+    ctx: SystemDep,
+    job_id: str,
+    request: Request,
+    response: Response,
+    wait_for: Annotated[
+        Literal["terminal", "change"] | None,
+        Query(alias="waitFor", description="long-poll: until the job ends, or changes"),
+    ] = None,
+    timeout: Annotated[float, Query(ge=0, description="seconds to wait at most")] = 60.0,
+    since: Annotated[
+        int | None, Query(ge=0, description="waitFor=change: an event id (X-Hpcgate-Event-Id)")
+    ] = None,
+    state: Annotated[
+        str | None,
+        Query(pattern=r"^[A-Za-z_]{1,32}$", description="waitFor=change: the state you know"),
+    ] = None,
+) -> JobsResponse:
+    """One job; an array id answers with the array's summary (its tasks in `tasks`).
+
+    With `waitFor=terminal` the answer comes when the job has ended; with
+    `waitFor=change` when its state differs from `state`, or is newer than event
+    `since`, or (neither given) changes after the call; in any case at `timeout`
+    seconds with the current state. `X-Hpcgate-Wait` says which happened.
+    """
     ctx.ensure_healthy("scheduler")
-    return JobsResponse(jobs=[await ctx.scheduler.job(ctx.runner, job_id)])
+    watcher = _watcher(ctx)
+    if wait_for is not None:
+        watcher = _require_watcher(ctx)
+        if timeout > watcher.settings.max_wait_seconds:
+            raise errors.BadRequest(
+                f"timeout must be at most {watcher.settings.max_wait_seconds:g} seconds"
+            )
+        watcher.check_capacity()
+        view, result = await wait_for_job(
+            watcher,
+            request,
+            ctx.username,
+            validate_job_id(job_id),
+            mode=wait_for,
+            timeout=timeout,
+            since=since,
+            state=state.upper() if state else None,
+        )
+        response.headers[WAIT_HEADER] = result
+        return _answer(response, view)
+    if watcher is not None and (view := watcher.cached(ctx.username, job_id)) is not None:
+        return _answer(response, view)
+    asked = time.monotonic()
+    job = await ctx.scheduler.job(ctx.runner, job_id)
+    if watcher is not None and job.user == ctx.username:
+        return _answer(response, watcher.observe(ctx.username, job_id, job, observed=asked))
+    return JobsResponse(jobs=[job])
+
+
+LastEventIdHeader = Annotated[
+    str | None,
+    Header(alias="Last-Event-ID", description="resume after this event id"),
+]
+LastEventIdQuery = Annotated[
+    str | None,
+    Query(alias="lastEventId", description="the same as the Last-Event-ID header"),
+]
+
+
+@router.get("/jobs/{job_id}/events", response_class=EventStreamResponse, responses=_SSE)
+async def stream_job_events(
+    ctx: SystemDep,
+    job_id: str,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> EventStreamResponse:
+    """Server-Sent Events: the job's state, then one event per change; the stream
+    ends after the terminal event. Resume with `Last-Event-ID`."""
+    ctx.ensure_healthy("scheduler")
+    watcher = _require_watcher(ctx)
+    watcher.check_capacity()
+    job_id = validate_job_id(job_id)
+    view = await watcher.view(ctx.username, job_id)
+    last_id = parse_event_id(last_event_id or last_event_id_query)
+    return EventStreamResponse(job_events(watcher, ctx.username, {job_id: view}, last_id=last_id))
+
+
+@router.get("/events", response_class=EventStreamResponse, responses=_SSE)
+async def stream_events(
+    ctx: SystemDep,
+    jobs: Annotated[
+        str | None,
+        Query(max_length=64_000, description="comma-separated job ids; omitted: all your jobs"),
+    ] = None,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> EventStreamResponse:
+    """Server-Sent Events for several jobs (`jobs=1,2,3`; the stream ends once all
+    ended) or for all of the caller's jobs (never ends by itself)."""
+    ctx.ensure_healthy("scheduler")
+    watcher = _require_watcher(ctx)
+    watcher.check_capacity()
+    last_id = parse_event_id(last_event_id or last_event_id_query)
+    if jobs is None or not jobs.strip():
+        return EventStreamResponse(job_events(watcher, ctx.username, None, last_id=last_id))
+    ids = list(dict.fromkeys(part.strip() for part in jobs.split(",") if part.strip()))
+    if len(ids) > watcher.settings.max_stream_jobs:
+        raise errors.BadRequest(f"At most {watcher.settings.max_stream_jobs} jobs per stream")
+    ids = [validate_job_id(job_id) for job_id in ids]
+    found = await asyncio.gather(
+        *(watcher.view(ctx.username, job_id) for job_id in ids), return_exceptions=True
+    )
+    views: dict[str, JobView] = {}
+    failures: dict[str, errors.ApiError] = {}
+    for job_id, result in zip(ids, found, strict=True):
+        if isinstance(result, errors.ApiError):
+            failures[job_id] = result
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            views[job_id] = result
+    body = job_events(watcher, ctx.username, views, last_id=last_id, failures=failures)
+    return EventStreamResponse(body)
 
 
 @router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
