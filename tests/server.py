@@ -57,11 +57,18 @@ class ApiServer:
 
 
 def start_server(
-    site_env: SiteEnv, workdir: Path, *, overrides: dict[str, Any] | None = None
+    site_env: SiteEnv,
+    workdir: Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    settings_overrides: dict[str, Any] | None = None,
 ) -> ApiServer:
-    """Write a configuration for the site (plus ``overrides`` on the system) and serve it."""
+    """Write a configuration for the site (plus ``overrides`` on the system and
+    ``settings_overrides`` at the top level) and serve it; state lives in ``workdir``."""
     key_dir = workdir / "keys"
     config = local_site_config(site_env.values, key_dir)
+    config.setdefault("state_dir", str(workdir / "state"))
+    config.update(settings_overrides or {})
     system = config["systems"][0]  # type: ignore[index]
     system.update(overrides or {})
     config_path = workdir / "hpcgate.yaml"
