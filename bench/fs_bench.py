@@ -590,12 +590,12 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
-    parser.add_argument("--levels", default="1,10,50")
+    parser.add_argument("--levels", default="1,10,50", help="concurrency levels (empty: none)")
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the large file")
     parser.add_argument("--output", help="write the markdown tables here too")
     parser.add_argument("--json", help="write the raw figures here")
     args = parser.parse_args()
-    levels = [int(level) for level in args.levels.split(",")]
+    levels = [int(level) for level in args.levels.split(",") if level]
     size = min(args.size_mib, 16 * 1024) * MIB
     results = asyncio.run(bench(levels, min(args.duration, 120), size))
     table = markdown(results)

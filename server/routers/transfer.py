@@ -178,6 +178,7 @@ async def put_part(
     request: Request,
     transfer_id: TransferId,
     part_number: Annotated[int, Path(ge=1, le=100_000)],
+    content_md5: Annotated[str | None, Header(alias="content-md5")] = None,
 ) -> Response:
     """Upload one part (its bytes as the body); the answer's ETag goes into the completion."""
     upload = _verified(
@@ -185,7 +186,7 @@ async def put_part(
     )
     try:
         etag = await multipart.write_part(
-            service, upload, part_number, request.stream(), _length(request)
+            service, upload, part_number, request.stream(), _length(request), content_md5
         )
     except ClientDisconnect:
         return Response(status_code=status.HTTP_400_BAD_REQUEST)  # nobody to tell

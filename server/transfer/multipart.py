@@ -31,6 +31,7 @@ The data crosses the cluster filesystem once: no staging copy, no S3.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import math
 import posixpath
@@ -150,8 +151,13 @@ async def write_part(
     number: int,
     body: AsyncIterable[bytes],
     declared_length: int | None,
+    content_md5: str | None = None,
 ) -> str:
-    """Stream one part into place at its offset; return its (unquoted) MD5 ETag."""
+    """Stream one part into place at its offset; return its (unquoted) MD5 ETag.
+
+    A ``Content-MD5`` header (base64, as S3 takes it) is checked: on a mismatch the
+    part does not count (400).
+    """
     if upload.state != "open":
         raise Conflict("The upload is already completed")
     if not 1 <= number <= upload.part_count:
@@ -178,6 +184,8 @@ async def write_part(
             del upload.writing[number]
     if written != length:
         raise BadRequest(f"Part {number} has {written} bytes; it must have {length}")
+    if content_md5 is not None and base64.b64encode(digest.digest()).decode() != content_md5:
+        raise BadRequest(f"BadDigest: part {number} does not have the Content-MD5 given")
     etag = digest.hexdigest()
     upload.parts[number] = Part(size=length, etag=etag)
     return etag

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import time
@@ -81,9 +82,14 @@ async def test_multipart_upload_checks_every_part(
             etags[number] = response.headers["ETag"]
             assert etags[number] == f'"{hashlib.md5(chunks[number - 1]).hexdigest()}"'
 
-        # a part of the wrong size is refused, and does not count
+        # a part of the wrong size is refused, and does not count; so is a bad Content-MD5
         short = await anon.put(urls[1], content=chunks[1][:-1])
         assert short.status_code == 400 and "exactly" in short.text
+        md5 = base64.b64encode(hashlib.md5(chunks[0]).digest()).decode()
+        bad = await anon.put(urls[1], content=chunks[1], headers={"Content-MD5": md5})
+        assert bad.status_code == 400 and "BadDigest" in bad.text
+        good = await anon.put(urls[0], content=chunks[0], headers={"Content-MD5": md5})
+        assert good.status_code == 200 and good.headers["ETag"] == etags[1]
         # nothing at the target until completion
         assert not await _exists(sftp, target)
         temp = [n for n in await sftp.listdir(base) if n.startswith(".hpcgate-upload-")]
