@@ -164,7 +164,13 @@ class UserSide:
             raise Forbidden(
                 f"{exc.message}; configure transfer.job_directory inside a filesystem"
             ) from None
-        await self.fs.mkdir(directory, parents=True)
+        async with self.sftp() as sftp:
+            try:
+                await sftp.stat(directory)
+            except asyncssh.SFTPNoSuchFile:
+                await self.fs.mkdir(directory, parents=True)
+                with sftp_errors(directory):
+                    await sftp.chmod(directory, 0o700)  # logs and markers are the user's
         self.service.job_dirs[key] = directory
         return directory
 

@@ -111,14 +111,25 @@ class TransferStore:
         return len(self._items)
 
     def add(self, transfer: Transfer) -> None:
+        """Remember ``transfer``; 503 when its user holds too many unfinished ones.
+
+        Uploads (which hold a temporary file, and a job for multipart ones) count
+        against ``max_per_user``; downloads, mere records, against 16 times that.
+        """
+        upload = not isinstance(transfer, Download)
+        limit = self._max_per_user if upload else 16 * self._max_per_user
         active = sum(
             1
             for item in self._items.values()
-            if item.state == "open" and (item.system, item.user) == (transfer.system, transfer.user)
+            if item.state == "open"
+            and (item.system, item.user) == (transfer.system, transfer.user)
+            and isinstance(item, Download) != upload
+            and item.expires_at >= self._clock()
         )
-        if active >= self._max_per_user:
+        if active >= limit:
+            kind = "uploads" if upload else "downloads"
             raise ServiceUnavailable(
-                f"Too many unfinished transfers ({active}); finish or let some expire first",
+                f"Too many unfinished {kind} ({active}); finish or let some expire first",
                 retry_after=60,
             )
         self._items[transfer.id] = transfer

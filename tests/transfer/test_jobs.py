@@ -186,3 +186,22 @@ async def test_a_failing_job_logs_no_success_line(
     assert ended["status"]["state"] == "FAILED"
     assert "successfully" not in await read_text(sftp, job["logs"]["outputLog"])
     assert "Extracting" in await read_text(sftp, job["logs"]["errorLog"])
+
+
+async def test_jobs_run_as_each_user_in_a_private_directory(
+    xfer: TransferServer, space: dict[str, str], sftp_of: Any
+) -> None:
+    sftp = await sftp_of("hpcuser2")
+    base = space["hpcuser2"]
+    await _put(sftp, f"{base}/mine", b"2")
+    async with xfer.async_client("hpcuser2") as client:
+        response = await client.post(
+            xfer.path("transfer/cp"), json={"sourcePath": f"{base}/mine", "targetPath": f"{base}/c"}
+        )
+        assert response.status_code == 201, response.text
+        job = response.json()["transferJob"]
+        ended = await wait_for_job(client, xfer.system, job["jobId"])
+    assert ended["user"] == "hpcuser2" and ended["status"]["state"] == "COMPLETED"
+    assert "/home/hpcuser2/" in job["workingDirectory"]
+    assert (await sftp.stat(job["workingDirectory"])).permissions & 0o077 == 0
+    assert await read_text(sftp, f"{base}/c") == "2"

@@ -16,7 +16,7 @@ from hpcgate.transfer.multipart import RangeNotSatisfiable, parse_range
 from hpcgate.transfer.resumable import parse_metadata, target_and_digest
 from hpcgate.transfer.service import part_size_for
 from hpcgate.transfer.signing import Binding, UrlSigner
-from hpcgate.transfer.store import MultipartUpload, TransferStore
+from hpcgate.transfer.store import Download, MultipartUpload, TransferStore
 
 NOW = 1_700_000_000.0
 BINDING = Binding("a" * 32, "hpcuser1", "hpcsite", "/scratch/hpcuser1/f")
@@ -159,12 +159,17 @@ def test_store_expiry_limit_and_part_ranges() -> None:
     with pytest.raises(ServiceUnavailable):
         store.add(upload("3"))
     store.add(upload("4", user="other"))
+    for number in range(32):  # downloads have room of their own
+        store.add(Download(id=f"d{number}", system="s", user="u", target="/t", size=1,
+                           expires_at=NOW + 10))  # fmt: skip
+    with pytest.raises(ServiceUnavailable):
+        store.add(Download(id="d", system="s", user="u", target="/t", size=1, expires_at=NOW))
     assert first.part_count == 3
     assert [first.part_range(n) for n in (1, 2, 3)] == [(0, 8), (8, 8), (16, 4)]
     assert store.get("1") is first
     now[0] += 11
     assert store.get("1") is None
-    assert {t.id for t in store.expired()} == {"1", "2", "4"}
+    assert {t.id for t in store.expired()} == {"1", "2", "4"} | {f"d{n}" for n in range(32)}
     assert len(store) == 0
 
 
