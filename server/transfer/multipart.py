@@ -158,8 +158,8 @@ async def write_part(
     A ``Content-MD5`` header (base64, as S3 takes it) is checked: on a mismatch the
     part does not count (400).
     """
-    if upload.state != "open":
-        raise Conflict("The upload is already completed")
+    if upload.state != "open" or upload.lock.locked():
+        raise Conflict("The upload is completed or being completed")
     if not 1 <= number <= upload.part_count:
         raise BadRequest(f"Part numbers of this upload are 1 to {upload.part_count}")
     offset, length = upload.part_range(number)
