@@ -824,9 +824,9 @@ class SftpFilesystem(Filesystem):
             await self._guard_write(sftp, target, follow_final=False)
             await self._lstat(sftp, source)
             with _errors(target):
-                if sftp.supports_extension("posix-rename@openssh.com"):
-                    await sftp.posix_rename(source, target)
-                else:
+                try:
+                    await sftp.posix_rename(source, target)  # replaces an existing target
+                except asyncssh.SFTPOpUnsupported:
                     await sftp.rename(source, target)
 
     async def chmod(self, path: str, mode: str) -> File:
