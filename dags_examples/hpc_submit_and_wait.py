@@ -25,6 +25,7 @@ WORKDIR = os.environ.get("HPC_WORKDIR", "/scratch/hpcuser")
 PARAMS = {
     "system": Param(SYSTEM, type="string", description="cluster (system) name"),
     "workdir": Param(WORKDIR, type="string", description="base directory on the cluster"),
+    "steps": Param(3, type="integer", minimum=1, description="simulation steps (1 s each)"),
 }
 #: The run's own directory on the cluster (run ids contain ':' and '+').
 RUN_DIR = "{{ params.workdir }}/{{ dag.dag_id }}/{{ run_id | slug }}"
@@ -57,7 +58,7 @@ with DAG(
         job_name="simulate",
         script="""#!/bin/bash
 echo "simulating on $(hostname) for run {{ run_id }}"
-for step in 1 2 3; do echo "step $step"; sleep 1; done
+for step in $(seq 1 {{ params.steps }}); do echo "step $step"; sleep 1; done
 echo "result=42"
 """,
         env={"RUN_ID": "{{ run_id }}"},

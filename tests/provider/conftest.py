@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,6 +26,7 @@ from airflow_provider_hpc.hooks import hpc as hook_module
 from airflow_provider_hpc.hooks.auth import TOKEN_CACHE
 from airflow_provider_hpc.hooks.hpc import HpcHook
 from airflow_provider_hpc.operators import job as job_module
+from tests.provider.airflow_stack import airflow_env, migrate
 from tests.provider.fakeapi import BASE_URL, SYSTEM, TOKEN_URL, FakeHpcApi
 
 STATIC_CONN = {
@@ -128,3 +131,28 @@ def make_context(
         "dag_run": SimpleNamespace(clear_number=clear_number, run_id="manual__2026-01-01"),
         "task_state_store": store if store is not None else FakeStore(),
     }
+
+
+# ---------------------------------------------------------------------- metadata database
+
+
+@pytest.fixture(scope="session")
+def migrated_airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ``airflow db migrate`` per session: a sqlite file to copy into each home."""
+    home = tmp_path_factory.mktemp("airflow-db")
+    migrate(airflow_env(home))
+    return home / "airflow.db"
+
+
+@pytest.fixture(scope="session")
+def airflow_home(
+    tmp_path_factory: pytest.TempPathFactory, migrated_airflow_db: Path
+) -> Callable[[str], Path]:
+    """``airflow_home(name)``: a fresh AIRFLOW_HOME holding a copy of the migrated database."""
+
+    def make(name: str) -> Path:
+        home = tmp_path_factory.mktemp(name)
+        shutil.copy(migrated_airflow_db, home / "airflow.db")
+        return home
+
+    return make

@@ -40,6 +40,23 @@ def _simulate_jobs(api: Any) -> None:
     api._submit = submit
 
 
+def _label(task_id: str, map_index: int) -> str:
+    return f"{task_id}[{map_index}]" if map_index >= 0 else task_id
+
+
+def _xcoms(dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+    """Every XCom of the run: ``{"task[map_index]": {key: value}}``."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    values: dict[str, dict[str, Any]] = {}
+    with create_session() as session:
+        for row in session.scalars(XComModel.get_many(run_id=run_id, dag_ids=dag_id)):
+            label = _label(row.task_id, row.map_index)
+            values.setdefault(label, {})[row.key] = XComModel.deserialize_value(row)
+    return values
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("dag_id")
@@ -70,14 +87,16 @@ def main() -> int:
         return 2
     start = time.monotonic()
     run = bag.dags[args.dag_id].test(run_conf=conf or None)
+    instances = run.get_task_instances()
     outcome = {
         "dag_id": args.dag_id,
+        "run_id": run.run_id,
+        "conf": conf,
         "state": str(run.state),
         "seconds": round(time.monotonic() - start, 1),
-        "tasks": {
-            f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: str(ti.state)
-            for ti in run.get_task_instances()
-        },
+        "tasks": {_label(ti.task_id, ti.map_index): str(ti.state) for ti in instances},
+        "tries": {_label(ti.task_id, ti.map_index): ti.try_number for ti in instances},
+        "xcoms": _xcoms(args.dag_id, run.run_id),
     }
     if api is not None:
         outcome["requests"] = [f"{r.method} {r.url.path}" for r in api.requests]

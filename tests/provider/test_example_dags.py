@@ -1,21 +1,15 @@
 """The example DAGs: they parse, and each runs end to end with ``dag.test()`` (deferral and
-triggers included) against the fake API. The integration step reruns them against the
-real server by dropping ``--fake`` (see ``dagrun.py``)."""
+triggers included) against the fake API. ``test_integration_dags`` reruns them against the
+real server and the local site."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-DAGS = REPO / "dags_examples"
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
+from tests.provider.airflow_stack import DAGS, airflow_env, dagrun_outcome, start_dagrun
 
 
 def test_example_dags_parse() -> None:
@@ -45,51 +39,27 @@ EXAMPLES = {
 }
 
 
-def _env(home: Path) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW_CONN_HPC_DEFAULT": json.dumps(
-            {"conn_type": "hpc", "host": "http://hpc.test", "password": "static-token-123"}
-        ),
-        "HPC_SYSTEM": "hpcsite",
-        "HPC_WORKDIR": "/scratch/hpcuser",
-        "HPC_LOCAL_DIR": str(home / "staging"),
-        "PYTHONPATH": str(REPO),
-    }
+FAKE_CONN = {"conn_type": "hpc", "host": "http://hpc.test", "password": "static-token-123"}
 
 
 @pytest.fixture(scope="module")
-def example_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+def example_runs(airflow_home: Callable[[str], Path]) -> dict[str, dict]:
     """Every example DAG run once with ``dag.test()``, concurrently, each in its own
-    AIRFLOW_HOME holding a copy of one migrated sqlite database."""
-    base = tmp_path_factory.mktemp("airflow-home")
-    migrate = subprocess.run(
-        [AIRFLOW, "db", "migrate"], env=_env(base), capture_output=True, text=True, timeout=300
-    )
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    AIRFLOW_HOME holding a copy of the session's migrated sqlite database."""
     running = {}
     for dag_id, extra in EXAMPLES.items():
-        home = tmp_path_factory.mktemp(dag_id)
-        shutil.copy(base / "airflow.db", home / "airflow.db")
-        command = [sys.executable, "-m", "tests.provider.dagrun", dag_id, "--fake", *extra]
-        running[dag_id] = subprocess.Popen(
-            command,
-            env=_env(home),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        home = airflow_home(dag_id)
+        env = airflow_env(
+            home,
+            conn=FAKE_CONN,
+            extra={
+                "HPC_SYSTEM": "hpcsite",
+                "HPC_WORKDIR": "/scratch/hpcuser",
+                "HPC_LOCAL_DIR": str(home / "staging"),
+            },
         )
-    outcomes: dict[str, dict] = {}
-    for dag_id, process in running.items():
-        stdout, stderr = process.communicate(timeout=300)
-        lines = [line for line in stdout.splitlines() if line.startswith("DAGRUN ")]
-        assert process.returncode == 0 and lines, (dag_id, stdout[-4000:], stderr[-4000:])
-        outcomes[dag_id] = json.loads(lines[-1].removeprefix("DAGRUN "))
-    return outcomes
+        running[dag_id] = start_dagrun(dag_id, env, "--fake", *extra)
+    return {dag_id: dagrun_outcome(process) for dag_id, process in running.items()}
 
 
 @pytest.mark.slow
