@@ -3,6 +3,8 @@
 ``prepare`` and ``simulate`` return as soon as they are submitted; ``simulate`` and
 ``analyse`` depend on the previous job (``afterok``) through XComArgs, so Slurm runs them
 in order without Airflow polling in between; only ``analyse`` is waited for (deferred).
+Then the answer is copied into the run's ``results`` directory and the intermediate file
+moved there (``cp`` / ``mv`` run as data-movement jobs on the cluster).
 
 Connection: ``AIRFLOW_CONN_HPC_DEFAULT`` (JSON form, see the provider README). The DAG
 params default to ``HPC_SYSTEM`` (else ``hpcsite``) and ``HPC_WORKDIR`` (a directory the
@@ -84,5 +86,27 @@ with DAG(
         poke_interval=2,
         timeout=300,
     )
+    results = HpcFileOperator(
+        task_id="results_dir",
+        operation="mkdir",
+        path=RUN_DIR + "/results",
+        system="{{ params.system }}",
+    )
+    publish = HpcFileOperator(
+        task_id="publish_answer",
+        operation="cp",
+        path=RUN_DIR + "/answer.txt",
+        target_path=RUN_DIR + "/results/answer.txt",
+        system="{{ params.system }}",
+        poll_interval=2,
+    )
+    keep = HpcFileOperator(
+        task_id="keep_intermediate",
+        operation="mv",
+        path=RUN_DIR + "/simulated.txt",
+        target_path=RUN_DIR + "/results/simulated.txt",
+        system="{{ params.system }}",
+        poll_interval=2,
+    )
     workdir >> prepare
-    analyse >> answer
+    analyse >> answer >> results >> [publish, keep]

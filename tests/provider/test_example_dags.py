@@ -89,9 +89,11 @@ def test_job_chain(example_runs: dict[str, dict]) -> None:
     assert outcome["state"] == "success", outcome
     assert outcome["requests"].count("POST /compute/hpcsite/jobs") == 3
     jobs = {j["name"].split("-")[0]: (job_id, j) for job_id, j in outcome["jobs"].items()}
-    assert sorted(jobs) == ["analyse", "prepare", "simulate"]
+    assert sorted(jobs) == ["analyse", "prepare", "simulate", "transfer"]
     assert jobs["simulate"][1]["dependencies"] == [jobs["prepare"][0]]
     assert jobs["analyse"][1]["dependencies"] == [jobs["simulate"][0]]
+    assert outcome["requests"].count("POST /filesystem/hpcsite/transfer/cp") == 1
+    assert outcome["requests"].count("POST /filesystem/hpcsite/transfer/mv") == 1
 
 
 @pytest.mark.slow

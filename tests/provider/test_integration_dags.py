@@ -258,9 +258,19 @@ async def test_job_chain_runs_in_dependency_order(runs, api_server, alice, ssh_a
         assert by_id[job_id]["JobName"].startswith(f"{task}-")
 
     remote_dir = run_dir(workdir, outcome)
-    assert await remote(ssh_as, "cat", f"{remote_dir}/simulated.txt") == "42\n"
     assert await remote(ssh_as, "cat", f"{remote_dir}/answer.txt") == "answer: 42\n"
     assert "answer: 42" in outcome["log"]  # the analyse job's stdout tail in the task log
+
+    # cp and mv ran as data-movement jobs on the xfer partition
+    assert await remote(ssh_as, "cat", f"{remote_dir}/results/answer.txt") == "answer: 42\n"
+    assert await remote(ssh_as, "cat", f"{remote_dir}/results/simulated.txt") == "42\n"
+    assert "simulated.txt" not in (await remote(ssh_as, "ls", remote_dir)).split()
+    moves = {
+        task: str(xcoms[task]["return_value"]["job_id"])
+        for task in ("publish_answer", "keep_intermediate")
+    }
+    rows = await sacct(ssh_as, *moves.values(), fields="JobID,Partition,State")
+    assert sorted((r["Partition"], r["State"]) for r in rows) == [("xfer", "COMPLETED")] * 2
 
 
 async def test_sensor_waits_for_an_external_job(runs, api_server, alice, external_jobs) -> None:
