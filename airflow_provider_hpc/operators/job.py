@@ -373,15 +373,23 @@ class HpcSubmitJobOperator(BaseOperator):
                 job_id = hook.submit_job(spec, system=system, idempotency_key=key)
                 break
             except (HpcConnectionError, HpcApiError) as exc:
-                # A timeout or 5xx may hide a job that was submitted: look before retrying.
-                if not getattr(exc, "transient", False) or attempt == _SUBMIT_ROUNDS:
+                conflict = getattr(exc, "status_code", None) == 422
+                if not conflict and (not exc.transient or attempt == _SUBMIT_ROUNDS):
                     raise
-                self.log.warning("Submission answer lost (%s); checking for job %s", exc, name)
-                _sleep(min(30.0, 2.0 * attempt))
+                if conflict:
+                    # hpcgate: this try group's key already made a job, from another body
+                    # (a template rendered differently on this try). That job is the one.
+                    self.log.warning("Submission refused (%s); looking for job %s", exc, name)
+                else:
+                    # A timeout or 5xx may hide a job that was submitted: look before retrying.
+                    self.log.warning("Submission answer lost (%s); checking for job %s", exc, name)
+                    _sleep(min(30.0, 2.0 * attempt))
                 named = self._find_named(system, name)
                 if named is not None and named.job_id != after:
                     _store_put(store, named.job_id, system, identity, name)
                     return named.job_id, named
+                if conflict:
+                    raise
         self.log.info("Submitted job %s (%s) on %s", job_id, name, system)
         _store_put(store, job_id, system, identity, name)
         return job_id, None

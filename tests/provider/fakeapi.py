@@ -191,7 +191,15 @@ class FakeHpcApi:
         body = json.loads(request.content)["job"]
         key = request.headers.get("idempotency-key")
         if self.idempotency is not None and key in self.idempotency:
-            return httpx.Response(201, json={"jobId": self.idempotency[key]})
+            known = self.idempotency[key]
+            if self.jobs[known].spec != body:  # as hpcgate: same key, other body
+                return _error(
+                    422,
+                    "This Idempotency-Key was used with a different request body; use a new key",
+                )
+            return httpx.Response(
+                201, json={"jobId": known}, headers={"Idempotent-Replayed": "true"}
+            )
         job = self.add_job(body.get("name") or "job", exit_code=self.exit_code)
         job.working_directory = body["workingDirectory"]
         job.spec = body

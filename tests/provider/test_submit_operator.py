@@ -9,7 +9,7 @@ import httpx
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
-from airflow_provider_hpc.exceptions import HpcJobError
+from airflow_provider_hpc.exceptions import HpcApiError, HpcJobError
 from airflow_provider_hpc.identity import TaskIdentity
 from airflow_provider_hpc.links.job import HpcJobLink
 from airflow_provider_hpc.operators.job import STATE_KEY, HpcSubmitJobOperator
@@ -205,6 +205,27 @@ def test_server_side_idempotency_dedupes_a_repeated_submission(fake_api: FakeHpc
     fake_api.inject("POST", "/jobs$", submitted_but_504)  # answer lost, and the listing lags
     deferred = defer(operator(), make_context())
     assert deferred.trigger.job_id == "1000" and len(fake_api.jobs) == 1
+
+
+def test_same_key_other_body_reattaches_to_the_job_by_name(fake_api: FakeHpcApi) -> None:
+    """hpcgate answers 422 when a try group's key comes back with another body (a template
+    rendered differently): the operator finds the group's job by name instead."""
+    fake_api.idempotency = {}
+    fake_api.plan = ["RUNNING"]
+    first = defer(operator(env={"STAMP": "try-1"}), make_context(FakeStore()))
+    fake_api.inject("GET", "/jobs$", httpx.Response(200, json={"jobs": []}))  # listing lags
+    again = defer(operator(env={"STAMP": "try-2"}), make_context(FakeStore()))  # record lost
+    assert again.trigger.job_id == first.trigger.job_id == "1000"
+    assert len(fake_api.jobs) == 1 and len(fake_api.submissions) == 2
+
+
+def test_a_422_with_no_job_by_that_name_fails_the_try(fake_api: FakeHpcApi) -> None:
+    fake_api.inject(
+        "POST", "/jobs$", httpx.Response(422, json={"message": "Field required: job.script"})
+    )
+    with pytest.raises(HpcApiError, match="Field required"):
+        operator().execute(make_context())
+    assert len(fake_api.submissions) == 1 and fake_api.jobs == {}
 
 
 # ---------------------------------------------------------------------- cancel
