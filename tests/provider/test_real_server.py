@@ -1,0 +1,145 @@
+"""The provider's hook, operator and trigger against the real server and site: the wire
+behaviour the unit tests' fake stands in for (idempotency, error bodies, array ids,
+visibility right after submission, cancellation)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from airflow_provider_hpc.exceptions import HpcApiError, HpcNotFoundError
+from airflow_provider_hpc.hooks.hpc import HpcHook
+from airflow_provider_hpc.hooks.models import JobSpec
+from airflow_provider_hpc.operators.job import HpcSubmitJobOperator
+from airflow_provider_hpc.triggers.job import HpcJobTrigger
+from tests.provider.conftest import FakeStore, FakeTI, make_context
+from tests.server import ApiServer
+from tests.site import SiteEnv
+
+pytestmark = [pytest.mark.site, pytest.mark.e2e]
+
+USER = "hpcuser1"
+
+
+@pytest.fixture
+def hook(api_server: ApiServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[HpcHook]:
+    conn = {
+        "conn_type": "hpc",
+        "host": api_server.url,
+        "password": api_server.token(USER),
+        "extra": {"system": api_server.system},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_HPC_DEFAULT", json.dumps(conn))
+    hook = HpcHook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture
+def scratch(site_env: SiteEnv) -> str:
+    return site_env.scratch(USER)
+
+
+def spec(scratch: str, script: str = "#!/bin/bash\nsleep 1\n", **kw: object) -> JobSpec:
+    return JobSpec(
+        name=f"prov-{uuid.uuid4().hex[:8]}", working_directory=scratch, script=script, **kw
+    )
+
+
+def wait_terminal(hook: HpcHook, job_id: str) -> str:
+    return hook.wait_for_job(job_id, poll_interval=0.3, timeout=60).state
+
+
+def test_idempotency_key_returns_the_same_job_and_refuses_another_body(hook, scratch) -> None:
+    job = spec(scratch)
+    key = f"af-test-{uuid.uuid4().hex}"
+    first = hook.submit_job(job, idempotency_key=key)
+    assert hook.submit_job(job, idempotency_key=key) == first
+    other = job.model_copy(update={"script": "#!/bin/bash\ntrue\n"})
+    with pytest.raises(HpcApiError) as info:
+        hook.submit_job(other, idempotency_key=key)
+    assert info.value.status_code == 422 and "Idempotency-Key" in info.value.message
+    assert not info.value.transient
+    assert [j.job_id for j in hook.list_jobs(name=job.name)] == [first]
+    assert wait_terminal(hook, first) == "COMPLETED"
+
+
+def test_error_bodies_become_typed_errors(hook, scratch) -> None:
+    with pytest.raises(HpcNotFoundError) as missing:
+        hook.get_job_status("99999999")
+    assert missing.value.message == "Job not found: 99999999"
+    start = time.monotonic()
+    with pytest.raises(HpcApiError) as refused:
+        hook.submit_job(spec(scratch, partition="no-such-partition"))
+    assert refused.value.status_code == 400 and not refused.value.transient
+    assert "invalid partition" in refused.value.message.lower()
+    assert time.monotonic() - start < 10  # a 4xx is not retried
+    with pytest.raises(HpcNotFoundError, match="No such file or directory"):
+        hook.stat(f"{scratch}/no-such-file-{uuid.uuid4().hex}")
+
+
+def test_a_just_submitted_job_is_never_404(hook, scratch) -> None:
+    for _ in range(3):
+        job_id = hook.submit_job(spec(scratch, script="#!/bin/bash\ntrue\n"))
+        assert hook.get_job_status(job_id).job_id == job_id
+
+
+def test_array_id_answers_with_one_summary_and_task_ids_with_the_task(hook, scratch) -> None:
+    script = '#!/bin/bash\nsleep 1\n[ "$SLURM_ARRAY_TASK_ID" != 2 ] || exit 5\n'
+    job_id = hook.submit_job(spec(scratch, script=script, array="0-3"))
+    running = hook.get_job(job_id)
+    assert [j.job_id for j in running] == [job_id]  # one summary entry, not one per task
+    assert wait_terminal(hook, job_id) == "FAILED"  # the worst of the tasks
+    tasks = {i: hook.get_job_status(f"{job_id}_{i}") for i in range(4)}
+    assert {i: (t.state, t.exit_code) for i, t in tasks.items()} == {
+        0: ("COMPLETED", 0),
+        1: ("COMPLETED", 0),
+        2: ("FAILED", 5),
+        3: ("COMPLETED", 0),
+    }
+    listed = hook.list_jobs(name=running[0].name)
+    assert sorted(j.job_id for j in listed) == [f"{job_id}_{i}" for i in range(4)]
+
+
+def test_operator_retry_finds_the_job_by_name_when_the_record_is_lost(
+    hook, scratch, monkeypatch
+) -> None:
+    """A worker that died between submission and recording: the next try finds the job
+    by its deterministic name instead of submitting another."""
+
+    def op() -> HpcSubmitJobOperator:
+        return HpcSubmitJobOperator(
+            task_id=f"exactly-once-{uuid.uuid4().hex[:6]}",
+            script="#!/bin/bash\nsleep 2\n",
+            working_directory=scratch,
+            wait_for_completion=False,
+        )
+
+    ti = FakeTI(task_id=f"t-{uuid.uuid4().hex[:8]}")
+    first = op().execute(make_context(FakeStore(), ti=ti))
+    again = op().execute(make_context(FakeStore(), ti=ti))
+    assert again["job_id"] == first["job_id"]
+    name = hook.get_job(first["job_id"])[0].name
+    assert [j.job_id for j in hook.list_jobs(name=name)] == [first["job_id"]]
+
+
+async def test_trigger_waits_for_an_array_and_its_on_kill_cancels(hook, scratch) -> None:
+    array = hook.submit_job(spec(scratch, script="#!/bin/bash\nsleep 1\n", array="0-2"))
+    trigger = HpcJobTrigger(job_id=array, system=hook.resolve_system(), poll_interval=0.5)
+    events = [event.payload async for event in trigger.run()]
+    assert [(e["status"], e["state"]) for e in events] == [("success", "COMPLETED")]
+
+    long = hook.submit_job(spec(scratch, script="#!/bin/bash\nsleep 300\n"))
+    killer = HpcJobTrigger(job_id=long, system=hook.resolve_system())
+    await killer.on_kill()
+    for _ in range(60):
+        if (await asyncio.to_thread(hook.get_job_status, long)).state == "CANCELLED":
+            break
+        await asyncio.sleep(0.5)
+    assert hook.get_job_status(long).state == "CANCELLED"
+    await killer.cleanup()  # never cancels anything (nothing left to check but no error)
