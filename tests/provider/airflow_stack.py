@@ -175,6 +175,7 @@ class AirflowStack:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: stop() ends its children
                 )
+            (self.log_dir / f"{name}.pid").write_text(str(self.processes[name].pid))
         return self
 
     def stop(self, timeout: float = 8) -> None:
@@ -359,6 +360,24 @@ class AirflowStack:
                 text = path.read_text(errors="replace")
                 parts.append(f"----- {path.relative_to(folder)}\n{_tail(text, 40)}")
         return "\n".join(parts)
+
+
+def stop_leftovers(home: Path) -> list[int]:
+    """End the process groups of a stack an earlier, killed run left in ``home``."""
+    ended = []
+    for pid_file in (home / "components").glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if b"airflow" in cmdline:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+                ended.append(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return ended
 
 
 def _tail(text: str, lines: int) -> str:
