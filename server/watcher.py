@@ -319,11 +319,11 @@ class JobWatcher:
                     del scope.subs_by_view[job_id]
 
     async def all_views(self, user: str) -> list[JobView]:
-        """The caller's jobs the watcher knows (after a round that followed them all)."""
+        """The caller's jobs the watcher knows, after a round that listed all of them
+        (call ``subscribe(user, None, ...)`` first)."""
         scope = self._scope(user)
-        if scope.last_done is None or self._clock() - scope.last_done > scope.interval:
-            with contextlib.suppress(TimeoutError):
-                await self.next_round(scope)
+        with contextlib.suppress(TimeoutError):
+            await self.next_round(scope)
         views = [
             view
             for view_id, view in scope.views.items()
