@@ -19,6 +19,10 @@ Stream format (``text/event-stream``)::
   ``data`` is the job exactly as ``GET /compute/{system}/jobs/{id}`` shows it.
 * ``event: error`` (multi-job streams only): a listed job cannot be followed;
   ``data`` is ``{"jobId", "status", "message"}`` (404 for unknown or others' jobs).
+* ``event: synced`` (no id, ``data: {}``): the initial states (or, on resume, the
+  missed events) have all been sent; live changes follow. A job absent from an
+  all-jobs stream's initial states is one the watcher does not know (ended long
+  ago): ask ``GET .../jobs/{id}`` once.
 * ``id`` increases within a stream; send the last one seen as ``Last-Event-ID`` (or
   ``?lastEventId=``) when reconnecting: the stream then sends only newer events,
   and a job whose terminal event you already have is not sent again.
@@ -46,6 +50,7 @@ from hpcgate.config import WatcherSettings
 from hpcgate.watcher import JobEvent, JobView, JobWatcher
 
 KEEP_ALIVE = b": keep-alive\n\n"
+SYNCED = b"event: synced\ndata: {}\n\n"
 RETRY = b"retry: 2000\n\n"
 WaitMode = Literal["terminal", "change"]
 WaitResult = Literal["terminal", "changed", "timeout"]
@@ -136,6 +141,7 @@ async def job_events(
                 open_ids.discard(view_id)
         if not follow_all and not open_ids:
             return
+        yield SYNCED
         deadline = time.monotonic() + settings.max_stream_seconds
         while True:
             remaining = deadline - time.monotonic()

@@ -71,6 +71,8 @@ async def test_stream_shows_each_state_then_closes(
             assert response.headers["cache-control"] == "no-cache"
             received = [e async for e in events(response)]
     jobs = [e for e in received if e.event in ("job", "terminal")]
+    named = [e.event for e in received if e.event != "comment"]
+    assert named[:2] == ["job", "synced"]  # the state at connect, then live changes
     states = [e.state for e in jobs]
     assert states[-1] == "COMPLETED" and jobs[-1].event == "terminal"
     assert "RUNNING" in states
@@ -154,6 +156,7 @@ async def test_all_jobs_stream_shows_only_callers_jobs(
         bobs = await submit(bob, events_server, site_env, "sleep 1", "hpcuser2")
         await asyncio.wait_for(follower, 30)
         await wait_terminal(alice, events_server, alices)
+    assert any(e.event == "synced" for e in seen)
     shown = [e.json() for e in seen if e.event in ("job", "terminal")]
     assert {job["user"] for job in shown} == {"hpcuser2"}
     assert alices not in {job["jobId"] for job in shown}
