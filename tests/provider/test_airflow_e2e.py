@@ -113,7 +113,7 @@ def trigger_log(stack: AirflowStack, run_id: str, attempt: int) -> str:
 
 
 def wait_deferred_with_job(
-    stack: AirflowStack, run_id: str, alice: httpx.Client, system: str, not_job: str | None = None
+    stack: AirflowStack, run_id: str, not_job: str | None = None
 ) -> tuple[dict[str, Any], str]:
     """Wait until ``simulate`` is deferred to HpcJobTrigger on a running job (not
     ``not_job``) and the triggerer has started polling it; the task instance and job id."""
@@ -138,7 +138,7 @@ async def test_deferred_task_resumes_from_the_triggerer(stack, api_server, alice
     # (a job that ends within a few seconds of it can hit Airflow's stale-executor-event
     # race, apache/airflow#67287 / #72716, and is then finished by the retry re-attaching).
     run_id = stack.trigger(DAG, {"steps": 12})
-    ti, job_id = wait_deferred_with_job(stack, run_id, alice, system)
+    ti, job_id = wait_deferred_with_job(stack, run_id)
     assert ti["try_number"] == 1 and ti["state"] == "deferred"
     assert job_state(alice, system, job_id) in {"PENDING", "RUNNING"}
 
@@ -177,12 +177,12 @@ async def test_clearing_or_failing_a_deferred_task_cancels_its_job(
     run_id = stack.trigger(DAG, {"steps": 300})
 
     # cleared while deferred: the triggerer calls the trigger's on_kill -> job cancelled
-    _, first = wait_deferred_with_job(stack, run_id, alice, system)
+    _, first = wait_deferred_with_job(stack, run_id)
     stack.clear_task(DAG, run_id, "simulate")
     assert wait_job(alice, system, first, {"CANCELLED"}, stack) == "CANCELLED"
 
     # the cleared task runs again in a new try group: a new job, deferred again
-    ti, second = wait_deferred_with_job(stack, run_id, alice, system, not_job=first)
+    ti, second = wait_deferred_with_job(stack, run_id, not_job=first)
     assert ti["try_number"] == 2 and second != first
     # marked failed while deferred: cancelled too
     stack.set_task_state(DAG, run_id, "simulate", "failed")

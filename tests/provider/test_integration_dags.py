@@ -10,8 +10,11 @@ worker, their checksums, the order Slurm ran the chained jobs in.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import re
 import shlex
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,8 +116,6 @@ def runs(
 
 def run_dir(workdir: str, outcome: dict[str, Any]) -> str:
     """The run's directory on the cluster (the DAGs' ``RUN_DIR``)."""
-    import re
-
     return f"{workdir}/{outcome['dag_id']}/{re.sub(r'[^A-Za-z0-9_.-]+', '-', outcome['run_id'])}"
 
 
@@ -132,9 +133,6 @@ async def remote(ssh_as: Any, *argv: str) -> str:
 
 async def sacct(ssh_as: Any, *job_ids: str, fields: str = "JobID,State,ExitCode") -> list[dict]:
     """sacct's allocation rows (one per array task), polled until all are final."""
-    import asyncio
-    import time
-
     names = fields.split(",")
     final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
     deadline = time.monotonic() + 60
