@@ -126,7 +126,9 @@ def test_up_is_fast_and_idempotent_and_down_leaves_nothing(
     assert site_status_pids() == main_site_before
 
 
-def site_status_pids() -> str:
-    return subprocess.run(
+def site_status_pids() -> list[str]:
+    """The session site's daemon lines (with PIDs), not its node state, which varies."""
+    out = subprocess.run(
         [str(SITE_COMMAND), "status"], capture_output=True, text=True, timeout=60
     ).stdout
+    return [line for line in out.splitlines() if not line.startswith("node:")]
