@@ -273,6 +273,10 @@ class AirflowStack:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
         return self._ok(self.client.get(path, params={"deserialize": "true"}))["value"]
 
+    def pool(self, name: str = "default_pool") -> dict[str, Any]:
+        """A pool's slots (``running_slots``, ``deferred_slots``, ``occupied_slots``...)."""
+        return self._ok(self.client.get(f"/api/v2/pools/{name}"))
+
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 180) -> dict[str, Any]:
         """Wait until the run succeeds or fails; the run."""
         deadline = time.monotonic() + timeout

@@ -141,6 +141,9 @@ async def test_deferred_task_resumes_from_the_triggerer(stack, api_server, alice
     ti, job_id = wait_deferred_with_job(stack, run_id)
     assert ti["try_number"] == 1 and ti["state"] == "deferred"
     assert job_state(alice, system, job_id) in {"PENDING", "RUNNING"}
+    # while the job runs the task holds no worker slot: deferred, not running
+    pool = stack.pool()
+    assert (pool["running_slots"], pool["deferred_slots"], pool["occupied_slots"]) == (0, 1, 0)
 
     run = stack.wait_run(DAG, run_id, timeout=150)
     tis = stack.task_instances(DAG, run_id)
