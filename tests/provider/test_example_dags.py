@@ -101,3 +101,16 @@ def test_sensor_on_external_job(example_runs: dict[str, dict]) -> None:
     outcome = example_runs["hpc_sensor_external_job"]
     assert outcome["state"] == "success", outcome
     assert not any(r.startswith(("POST /compute", "DELETE")) for r in outcome["requests"])
+
+
+def test_main_commands_airflow_script_imports_and_explains_itself() -> None:
+    """``scripts/airflow_e2e`` (the main command's Airflow part) runs with the venv's Python."""
+    import subprocess
+    import sys
+
+    script = DAGS.parent / "scripts" / "airflow_e2e"
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--url" in result.stdout and "--workdir" in result.stdout
