@@ -273,6 +273,10 @@ class AirflowStack:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
         return self._ok(self.client.get(path, params={"deserialize": "true"}))["value"]
 
+    def extra_links(self, dag_id: str, run_id: str, task_id: str) -> dict[str, str | None]:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/links"
+        return self._ok(self.client.get(path))["extra_links"]
+
     def pool(self, name: str = "default_pool") -> dict[str, Any]:
         """A pool's slots (``running_slots``, ``deferred_slots``, ``occupied_slots``...)."""
         return self._ok(self.client.get(f"/api/v2/pools/{name}"))

@@ -144,6 +144,9 @@ async def test_deferred_task_resumes_from_the_triggerer(stack, api_server, alice
     # while the job runs the task holds no worker slot: deferred, not running
     pool = stack.pool()
     assert (pool["running_slots"], pool["deferred_slots"], pool["occupied_slots"]) == (0, 1, 0)
+    # the "HPC Job" extra link already points at the job
+    links = stack.extra_links(DAG, run_id, "simulate")
+    assert links == {"HPC Job": f"{api_server.url}/compute/{system}/jobs/{job_id}"}
 
     run = stack.wait_run(DAG, run_id, timeout=150)
     tis = stack.task_instances(DAG, run_id)
