@@ -8,9 +8,6 @@ tests can assert that refused requests never reached the cluster.
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -22,7 +19,6 @@ from typing import Any
 import asyncssh
 import httpx
 import pytest
-import uvicorn
 
 from hpcgate.app import create_app
 from hpcgate.cli import local_site_config
@@ -30,6 +26,7 @@ from hpcgate.config import Settings
 from hpcgate.localauth import LocalIssuer, create_signing_key
 from hpcgate.remote import CommandResult, CommandRunner
 from hpcgate.services import Services
+from tests.server import serve_in_thread
 from tests.site import SiteEnv
 
 USERS = ("hpcuser1", "hpcuser2")
@@ -78,12 +75,6 @@ class FsServer:
         return self.remote_calls[f"sftp:{user}"] + self.remote_calls[f"run:{user}"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _instrument(services: Services, counts: Counter[str]) -> None:
     pool = services.pool
     sftp, runner = pool.sftp, pool.runner
@@ -111,28 +102,14 @@ def running_server(site_env: SiteEnv, key_dir: Path, **overrides: Any) -> Iterat
     counts: Counter[str] = Counter()
     _instrument(services, counts)
     app = create_app(settings, services=services)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="fs-api-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API server did not start")
-        time.sleep(0.02)
-    try:
+    with serve_in_thread(app, "fs-api-server") as url:
         yield FsServer(
-            url=f"http://127.0.0.1:{port}",
+            url=url,
             system=settings.systems[0].name,
             issuer=create_signing_key(key_dir),
             settings=settings,
             remote_calls=counts,
         )
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,18 +29,14 @@ from typing import Any
 
 import httpx
 
+from tests.server import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags_examples"
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW = str(VENV_BIN / "airflow")
 COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 FINAL_RUN_STATES = frozenset({"success", "failed"})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def airflow_env(

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +18,6 @@ from typing import Any
 import asyncssh
 import httpx
 import pytest
-import uvicorn
 
 from hpcgate.app import create_app
 from hpcgate.cli import local_site_config
@@ -28,6 +25,7 @@ from hpcgate.config import Settings
 from hpcgate.localauth import LocalIssuer, create_signing_key
 from hpcgate.scheduler.slurm_parsing import TERMINAL_STATES
 from hpcgate.transfer.service import TransferService
+from tests.server import serve_in_thread
 from tests.site import SiteEnv
 
 USERS = ("hpcuser1", "hpcuser2")
@@ -68,12 +66,6 @@ class TransferServer:
         return f"/filesystem/{self.system}/{kind}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def transfer_server(
     site_env: SiteEnv,
@@ -94,28 +86,14 @@ def transfer_server(
     config["systems"][0].update(system_overrides)  # type: ignore[index]
     settings = Settings(**config)  # type: ignore[arg-type]
     app = create_app(settings)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="transfer-api-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API server did not start")
-        time.sleep(0.02)
-    try:
+    with serve_in_thread(app, "transfer-api-server") as url:
         yield TransferServer(
-            url=f"http://127.0.0.1:{port}",
+            url=url,
             system=settings.systems[0].name,
             issuer=create_signing_key(key_dir),
             settings=settings,
             app=app,
         )
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 @pytest.fixture(scope="session")
