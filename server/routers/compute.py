@@ -13,12 +13,12 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from pydantic import BeforeValidator, StringConstraints
 
 from hpcgate import errors
 from hpcgate.dependencies import SystemContext, SystemDep
 from hpcgate.events import EventStreamResponse, job_events, parse_event_id, wait_for_job
 from hpcgate.idempotency import REPLAYED_HEADER, KeyScope
+from hpcgate.routers.params import optional_text
 from hpcgate.scheduler.base import validate_job_id
 from hpcgate.scheduler.models import (
     AttachRequest,
@@ -38,19 +38,9 @@ _SSE = {200: {"content": {"text/event-stream": {}}, "description": "an SSE strea
 router = APIRouter(prefix="/compute/{system_name}", tags=["compute"])
 
 
-def _blank_is_none(value: object) -> object:
-    # pyfirecrest sends unset filters as empty strings (`name=&account=`)
-    return None if value == "" else value
-
-
-def _filter(max_length: int) -> object:
-    text = Annotated[str, StringConstraints(max_length=max_length)]
-    return Annotated[text | None, BeforeValidator(_blank_is_none)]
-
-
-AccountFilter = _filter(256)
-NameFilter = _filter(235)
-TimeWindow = _filter(16)  # 1h, 8h, 24h, 3d, 7d (or <n>m/h/d); checked by the scheduler
+AccountFilter = optional_text(256)
+NameFilter = optional_text(235)
+TimeWindow = optional_text(16)  # 1h, 8h, 24h, 3d, 7d (or <n>m/h/d); checked by the scheduler
 
 
 def _watcher(ctx: SystemContext) -> JobWatcher | None:

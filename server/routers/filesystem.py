@@ -22,6 +22,7 @@ from hpcgate.filesystem.models import CompressionType, File, FileChecksum, FileC
 from hpcgate.filesystem.multipart import MultipartFile, boundary_of
 from hpcgate.filesystem.paths import join, validate_filename
 from hpcgate.filesystem.sftp import SftpFilesystem
+from hpcgate.routers.params import QueryBool, QueryInt
 from hpcgate.wire import WireModel
 
 router = APIRouter(prefix="/filesystem/{system_name}/ops", tags=["filesystem"])
@@ -41,16 +42,6 @@ FilesystemDep = Annotated[Filesystem, Depends(get_filesystem)]
 # -- query parameters: pyfirecrest sends unset values as empty strings -------------
 
 
-def _blank_false(value: object) -> object:
-    return False if value == "" else value
-
-
-def _blank_none(value: object) -> object:
-    return None if value == "" else value
-
-
-QueryBool = Annotated[bool, BeforeValidator(_blank_false)]
-QueryInt = Annotated[int | None, BeforeValidator(_blank_none)]
 PathQuery = Annotated[str, Query(description="An absolute path on the system")]
 
 
