@@ -13,6 +13,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_hpc.exceptions import HpcError, HpcNotFoundError
 from airflow_provider_hpc.hooks.hpc import ErrorBudget, HpcHook, RetryPolicy
 from airflow_provider_hpc.hooks.models import JobSummary
+from airflow_provider_hpc.triggers.events import UNSUPPORTED, JobEventHub, get_hub
 
 #: Event ``status`` values. Exactly one event is yielded per run.
 SUCCESS, FAILED, TIMEOUT, ERROR = "success", "failed", "timeout", "error"
@@ -27,9 +28,15 @@ class HpcJobTrigger(BaseTrigger):
     Event payload: ``{"status": "success"|"failed"|"timeout"|"error", "job_id", "system",
     "state", "exit_code", "state_reason", "message"}``.
 
+    Waiting is shared: all triggers of a triggerer process on the same connection and
+    system follow one job-event stream (:mod:`.events`); on servers without one they
+    poll with a GET every ``poll_interval``.
+
     :param deadline: absolute UNIX time after which a ``timeout`` event fires (survives
         triggerer restarts); None waits forever.
-    :param poll_interval: seconds between status requests.
+    :param poll_interval: seconds between status requests when polling; with the event
+        stream, how often the trigger re-checks its deadline (and GETs a job the stream
+        does not cover).
     :param cancel_on_kill: cancel the job when a user kills the deferred task (clear, mark
         failed/success). Never on triggerer restart or in ``cleanup()``.
     :param not_found_until: absolute UNIX time until which 404 counts as "not listed yet".
@@ -57,6 +64,8 @@ class HpcJobTrigger(BaseTrigger):
         self.cancel_on_kill = cancel_on_kill
         self.not_found_until = not_found_until
         self.error_window = float(error_window)
+        self._hub: JobEventHub | None = None
+        self._polling = False
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -81,13 +90,34 @@ class HpcJobTrigger(BaseTrigger):
     ) -> JobSummary:
         """Wait up to ``wait`` seconds for news about the job and return its status.
 
-        The one place that decides *how* to wait: today a sleep and a GET. A long-poll
-        (``?waitFor=terminal&timeout=``) or an SSE subscription shared per (connection,
-        system) replaces only this method.
+        The one place that decides *how* to wait: through the process-wide job-event
+        stream when the server has one, else a sleep and a GET.
         """
+        started = time.monotonic()
+        if self._hub is None and not self._polling:
+            self._hub = await get_hub(hook, self.system)
+            if self._hub is None:
+                self._polling = True
+            else:
+                self._hub.register(self.job_id)
+        if self._hub is not None:
+            timeout = wait if previous is not None else max(wait, self.poll_interval)
+            if self.deadline is not None:
+                timeout = min(timeout, self.deadline - time.time())
+            summary = await self._hub.next_status(self.job_id, previous, timeout)
+            if summary is not UNSUPPORTED:
+                return summary
+            self._release_hub()
+            self._polling = True
+            wait -= time.monotonic() - started
         if wait > 0:
             await asyncio.sleep(wait)
         return await hook.aget_job_status(self.job_id, system=self.system)
+
+    def _release_hub(self) -> None:
+        if self._hub is not None:
+            self._hub.release(self.job_id)
+            self._hub = None
 
     def _event(self, status: str, summary: JobSummary | None, message: str = "") -> TriggerEvent:
         return TriggerEvent(
@@ -145,6 +175,7 @@ class HpcJobTrigger(BaseTrigger):
                         return
                     wait = min(wait, remaining)
         finally:
+            self._release_hub()
             await hook.aclose()
 
     async def on_kill(self) -> None:
@@ -166,3 +197,4 @@ class HpcJobTrigger(BaseTrigger):
 
     async def cleanup(self) -> None:
         """Runs on every exit, including triggerer restarts: never cancels the job."""
+        self._release_hub()

@@ -26,6 +26,7 @@ from airflow_provider_hpc.hooks import hpc as hook_module
 from airflow_provider_hpc.hooks.auth import TOKEN_CACHE
 from airflow_provider_hpc.hooks.hpc import HpcHook
 from airflow_provider_hpc.operators import job as job_module
+from airflow_provider_hpc.triggers.events import reset_hubs
 from tests.provider.airflow_stack import airflow_env, migrate
 from tests.provider.fakeapi import BASE_URL, SYSTEM, TOKEN_URL, FakeHpcApi
 
@@ -53,6 +54,7 @@ def hpc_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_HPC_DEFAULT", json.dumps(STATIC_CONN))
     monkeypatch.setenv("AIRFLOW_CONN_HPC_OAUTH", json.dumps(OAUTH_CONN))
     TOKEN_CACHE.clear()
+    reset_hubs()  # job-event hubs and "no events endpoint" answers are per test
 
 
 @pytest.fixture

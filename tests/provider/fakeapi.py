@@ -6,6 +6,7 @@ It implements the subset of the FirecREST v2 wire API the provider calls, behind
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import posixpath
@@ -16,6 +17,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
+
+from airflow_provider_hpc.hooks.models import TERMINAL_STATES
 
 TOKEN_URL = "https://idp.test/token"
 BASE_URL = "http://hpc.test"
@@ -88,6 +91,16 @@ class FakeHpcApi:
         self.valid_tokens: set[str] = {"static-token-123"}
         self.bad_checksum = False
         self._injected: list[tuple[Callable[[httpx.Request], bool], Any]] = []
+        # Job events (``GET /compute/{s}/events``); None: no such endpoint (404).
+        self.events: list[tuple[int, str, str, dict[str, Any]]] | None = None
+        self.event_seq = 0
+        self.retry_ms = 10
+        self.heartbeat = 0.05
+        self.hidden: set[str] = set()  # jobs the stream never mentions
+        #: per connection, run after ``synced``: None streams on; else the callable runs
+        #: (it may change jobs) and the stream ends, or hangs if it returns "hang".
+        self.stream_ends: list[Callable[[], Any] | None] = []
+        self._event_signal = asyncio.Event()
         self.transport = httpx.MockTransport(self.handle)
 
     # ------------------------------------------------------------------ test helpers
@@ -111,9 +124,31 @@ class FakeHpcApi:
         self.next_id += 1
         job = FakeJob(job_id, name, "/scratch/hpcuser", list(plan or self.plan), exit_code)
         self.jobs[job_id] = job
+        self._emit(job)
         self.files[f"/scratch/hpcuser/slurm-{job_id}.out"] = b"line 1\nline 2\nresult=42\n"
         self.files[f"/scratch/hpcuser/slurm-{job_id}.err"] = b"warning: something\nerror: boom\n"
         return job
+
+    def enable_events(self) -> None:
+        self.events = []
+        for job in self.jobs.values():
+            self._emit(job)
+
+    def set_state(self, job: FakeJob, state: str, exit_code: int | None = None) -> None:
+        """Move ``job`` to ``state`` (GETs no longer advance it) and emit an event."""
+        job.plan, job.polls = [state], 0
+        if exit_code is not None:
+            job.exit_code = exit_code
+        self._emit(job)
+
+    def _emit(self, job: FakeJob) -> None:
+        if self.events is None or job.job_id in self.hidden:
+            return
+        self.event_seq += 1
+        name = "terminal" if job.state in TERMINAL_STATES else "job"
+        self.events.append((self.event_seq, job.job_id, name, job.wire()))
+        self._event_signal.set()
+        self._event_signal = asyncio.Event()
 
     def calls(self, method: str, path_re: str = "") -> list[httpx.Request]:
         pattern = re.compile(path_re)
@@ -152,6 +187,7 @@ class FakeHpcApi:
     def _routes(self) -> list[tuple[str, tuple[str, Any]]]:
         return [
             (r"/status/systems", ("GET", self._systems)),
+            (r"/compute/([^/]+)/events", ("GET", self._events)),
             (r"/compute/([^/]+)/jobs", ("POST", self._submit)),
             (r"/compute/([^/]+)/jobs", ("GET", self._list)),
             (r"/compute/([^/]+)/jobs/([^/]+)", ("GET", self._get)),
@@ -222,6 +258,49 @@ class FakeHpcApi:
         answer = httpx.Response(200, json={"jobs": [job.wire()]})
         job.polls += 1
         return answer
+
+    def _events(self, request: httpx.Request, system: str) -> httpx.Response:
+        if self.events is None:
+            return _error(404, f"no route GET {request.url.path}")
+        last = request.headers.get("last-event-id")
+        connection = len(self.calls("GET", r"/events$")) - 1
+        end = self.stream_ends[connection] if connection < len(self.stream_ends) else None
+        body = self._sse(int(last) if last else None, end)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    @staticmethod
+    def _format(seq: int, name: str, job: dict[str, Any]) -> bytes:
+        # multi-line data (the JSON indented): clients must join the data lines
+        data = "".join(f"data: {line}\n" for line in json.dumps(job, indent=1).splitlines())
+        return f"id: {seq}\nevent: {name}\n{data}\n".encode()
+
+    async def _sse(self, last: int | None, end: Callable[[], Any] | None) -> Any:
+        assert self.events is not None
+        yield f"retry: {self.retry_ms}\n\n".encode()
+        sent = self.event_seq
+        if last is None:
+            latest = {job_id: (seq, name, job) for seq, job_id, name, job in self.events}
+            replay = sorted(latest.values(), key=lambda item: item[0])
+        else:
+            replay = [(seq, name, job) for seq, _, name, job in self.events if seq > last]
+        replay = [item for item in replay if item[0] <= sent]
+        for seq, name, job in replay:
+            yield self._format(seq, name, job)
+        yield b": all sent\nevent: synced\ndata: {}\n\n"
+        if end is not None:
+            if end() == "hang":
+                await asyncio.Event().wait()
+            return
+        while True:
+            signal = self._event_signal
+            for seq, _, name, job in self.events:
+                if seq > sent:
+                    yield self._format(seq, name, job)
+                    sent = seq
+            try:
+                await asyncio.wait_for(signal.wait(), self.heartbeat)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
 
     def _cancel(self, request: httpx.Request, system: str, job_id: str) -> httpx.Response:
         job = self._job(job_id)
