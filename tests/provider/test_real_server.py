@@ -10,12 +10,14 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from airflow_provider_hpc.exceptions import HpcApiError, HpcNotFoundError
 from airflow_provider_hpc.hooks.hpc import HpcHook
 from airflow_provider_hpc.hooks.models import JobSpec
 from airflow_provider_hpc.operators.job import HpcSubmitJobOperator
+from airflow_provider_hpc.triggers.events import aclose_hubs
 from airflow_provider_hpc.triggers.job import HpcJobTrigger
 from tests.provider.conftest import FakeStore, FakeTI, make_context
 from tests.server import ApiServer
@@ -143,3 +145,46 @@ async def test_trigger_waits_for_an_array_and_its_on_kill_cancels(hook, scratch)
         await asyncio.sleep(0.5)
     assert hook.get_job_status(long).state == "CANCELLED"
     await killer.cleanup()  # never cancels anything (nothing left to check but no error)
+
+
+def _requests_by_route(server: ApiServer) -> dict[str, float]:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("hpcgate_http_requests_total{") and 'method="GET"' in line:
+            route = line.split('route="', 1)[1].split('"', 1)[0]
+            counts[route] = counts.get(route, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def _route(counts: dict[str, float], suffix: str) -> float:
+    return sum(value for route, value in counts.items() if route.endswith(suffix))
+
+
+async def test_two_hundred_triggers_share_one_event_stream(hook, scratch, api_server) -> None:
+    """200 deferred tasks on 10 jobs: one SSE request in total, no per-trigger GETs."""
+    system = hook.resolve_system()
+    before = await asyncio.to_thread(_requests_by_route, api_server)
+    script = "#!/bin/bash\nsleep 2\n"
+    submit = hook.submit_job
+    ids = [await asyncio.to_thread(submit, spec(scratch, script=script)) for _ in range(10)]
+    triggers = [
+        HpcJobTrigger(job_id=ids[i % 10], system=system, poll_interval=30) for i in range(200)
+    ]
+
+    async def collect(trigger: HpcJobTrigger) -> list[dict]:
+        return [event.payload async for event in trigger.run()]
+
+    results = await asyncio.wait_for(asyncio.gather(*(collect(t) for t in triggers)), 180)
+    assert [[e["status"] for e in events] for events in results] == [["success"]] * 200
+    await aclose_hubs()  # a stream's request is counted when it ends
+    for _ in range(50):
+        after = await asyncio.to_thread(_requests_by_route, api_server)
+        if _route(after, "/events") > _route(before, "/events"):
+            break
+        await asyncio.sleep(0.2)
+    streams = _route(after, "/events") - _route(before, "/events")
+    job_gets = _route(after, "/jobs/{job_id}") - _route(before, "/jobs/{job_id}")
+    print(f"events requests: {streams:.0f}, per-job GETs: {job_gets:.0f}")
+    assert streams == 1
+    assert job_gets <= len(ids)  # at most one per job (a job the watcher missed), not per trigger
