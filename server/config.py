@@ -313,9 +313,24 @@ class TransferSettings(_Model):
 class IdempotencySettings(_Model):
     """``Idempotency-Key`` on job submission (``hpcgate.idempotency``)."""
 
-    backend: Literal["sqlite"] = "sqlite"
+    backend: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="sqlite (one server) or redis (replicas sharing the keys)"
+    )
     path: Path | None = Field(
         None, description="SQLite file (default: <state_dir>/idempotency.sqlite3)"
+    )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="redis://[user:password@]host[:port][/db], rediss://… or unix://…; "
+        "required with backend redis (never logged)",
+    )
+    redis_key_prefix: str = Field("hpcgate:idem:", min_length=1, max_length=64)
+    redis_lease_seconds: float = Field(
+        15.0,
+        ge=1,
+        le=600,
+        description="a submission in progress holds its key this long, renewed while it "
+        "runs; other replicas wait for it, and take over once it lapses (its server died)",
     )
     ttl_hours: float = Field(
         7 * 24.0, gt=0, description="how long a key is remembered after its submission"
@@ -329,6 +344,24 @@ class IdempotencySettings(_Model):
     fault_key_prefix: str = Field(
         "", description="TEST ONLY: the fault delays apply to keys starting with this"
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # the messages never quote the URL: it may hold a password
+        if value is not None:
+            url = value.get_secret_value()
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("must be a redis://, rediss:// or unix:// URL")
+            if url.split("://", 1)[1] in ("", "/"):
+                raise ValueError("has no host or socket path")
+        return value
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> IdempotencySettings:
+        if self.backend == "redis" and self.redis_url is None:
+            raise ValueError("backend redis needs redis_url")
+        return self
 
 
 class MetricsSettings(_Model):

@@ -17,8 +17,9 @@ submission. A submission that sbatch rejected (4xx) forgets its key; one whose
 outcome is unknown (timeout, lost connection, 5xx) keeps it pending.
 
 The store is SQLite by default (one file, WAL, writes on a dedicated thread). Several
-server replicas need a shared store (e.g. Redis with ``SET NX``) behind the same
-``IdempotencyStore`` interface.
+server replicas share a Redis store (``hpcgate.idempotency_redis``) behind the same
+``IdempotencyStore`` interface; there a claim of a key another replica is submitting
+waits for that replica's answer.
 """
 
 from __future__ import annotations

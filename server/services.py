@@ -13,7 +13,7 @@ from hpcgate.auth import TokenValidator
 from hpcgate.config import Settings, SystemSettings
 from hpcgate.errors import ClusterUnreachable
 from hpcgate.health import HealthChecker, Probe
-from hpcgate.idempotency import IdempotentSubmitter, SqliteIdempotencyStore
+from hpcgate.idempotency import IdempotencyStore, IdempotentSubmitter, SqliteIdempotencyStore
 from hpcgate.metrics import Metrics, command_source, gauge, pool_gauges
 from hpcgate.scheduler.base import Scheduler
 from hpcgate.scheduler.slurm import SlurmScheduler
@@ -137,9 +137,7 @@ class Services:
             for system in settings.systems
             if system.watcher.enabled
         }
-        idempotency = settings.idempotency
-        store_path = idempotency.path or settings.state_path() / "idempotency.sqlite3"
-        submitter = IdempotentSubmitter(SqliteIdempotencyStore(store_path), idempotency, metrics)
+        submitter = IdempotentSubmitter(_idempotency_store(settings), settings.idempotency, metrics)
         metrics.add_gauges(pool_gauges(pool.stats))
         metrics.add_gauges(_watcher_gauges(watchers))
         return cls(
@@ -172,3 +170,24 @@ class Services:
             await self.submitter.close()
         await self.pool.close()
         await self.tokens.aclose()
+
+
+def _idempotency_store(settings: Settings) -> IdempotencyStore:
+    """The configured store: SQLite under ``state_dir`` or a shared Redis."""
+    idempotency = settings.idempotency
+    if idempotency.backend == "redis":
+        assert idempotency.redis_url is not None  # the configuration checks it
+        try:
+            from hpcgate.idempotency_redis import RedisIdempotencyStore
+        except ImportError as exc:
+            raise RuntimeError(
+                "idempotency.backend redis needs the redis package: pip install 'hpcgate[redis]'"
+            ) from exc
+        return RedisIdempotencyStore(
+            idempotency.redis_url.get_secret_value(),
+            ttl_seconds=idempotency.ttl_hours * 3600,
+            lease_seconds=idempotency.redis_lease_seconds,
+            prefix=idempotency.redis_key_prefix,
+        )
+    path = idempotency.path or settings.state_path() / "idempotency.sqlite3"
+    return SqliteIdempotencyStore(path)

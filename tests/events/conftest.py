@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import shlex
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.server import ApiServer, start_server
+from tests.server import ApiServer, free_port, start_server
 from tests.site import SiteEnv
 
 MIN_INTERVAL = 1.0
@@ -49,3 +54,39 @@ async def remote(ssh_as, user: str, *argv: str) -> str:
     """Run ``argv`` on the site as ``user``; its stdout."""
     conn = await ssh_as(user)
     return str((await conn.run(shlex.join(argv), check=True)).stdout)
+
+
+def _pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server (no persistence) for the session; its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (scripts/test installs it)")
+    workdir: Path = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+    argv += ["no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log")]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while not _pong(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log = workdir / "redis.log"
+            pytest.fail(f"redis-server did not start:\n{log.read_text() if log.exists() else ''}")
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
