@@ -2,6 +2,7 @@
 
 It runs beside the session's site with its own state directory, ports, cluster name,
 users and account, so stopping it proves `down` touches only what its `up` started.
+Its state directory lies below /tmp (world-writable), where a CI clone may live too.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.site import REPO, SITE_COMMAND, SiteEnv
+from tests.site import SITE_COMMAND, SiteEnv
 
 pytestmark = [pytest.mark.site, pytest.mark.slow]
 
-STATE = REPO / ".site-lifecycle"
+STATE = Path("/tmp/hpcgate-site-lifecycle")
 ENV = {
     "HPC_SITE_DIR": str(STATE),
     "HPC_SITE_CLUSTER": "lifecycle",
@@ -83,6 +84,28 @@ def test_up_is_fast_and_idempotent_and_down_leaves_nothing(
     again = site("up")
     assert again.returncode == 0
     assert "already up" in again.stdout
+
+    # the user's own key logs in over the site's sshd, state dir below /tmp or not
+    login = subprocess.run(
+        [
+            "ssh",
+            "-p",
+            ENV["HPC_SITE_SSH_PORT"],
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={STATE}/sshd/known_hosts",
+            "-i",
+            f"{STATE}/keys/hpcltest1",
+            "hpcltest1@127.0.0.1",
+            "id",
+            "-un",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert login.stdout.strip() == "hpcltest1", login.stderr
 
     # a running job whose processes `down` must end
     conf = f"{STATE}/etc/slurm.conf"
