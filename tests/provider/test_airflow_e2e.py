@@ -187,9 +187,11 @@ async def test_clearing_or_failing_a_deferred_task_cancels_its_job(
     stack.clear_task(DAG, run_id, "simulate")
     assert wait_job(alice, system, first, {"CANCELLED"}, stack) == "CANCELLED"
 
-    # the cleared task runs again in a new try group: a new job, deferred again
+    # the cleared task runs again in a new try group: a new job, deferred again. (Airflow
+    # 3.3's resume race, apache/airflow#67287, may fail a try "externally" and retry it:
+    # a retry stays in the group and re-attaches, so the try number can exceed 2.)
     ti, second = wait_deferred_with_job(stack, run_id, not_job=first)
-    assert ti["try_number"] == 2 and second != first
+    assert ti["try_number"] >= 2 and second != first
     # marked failed while deferred: cancelled too
     stack.set_task_state(DAG, run_id, "simulate", "failed")
     assert wait_job(alice, system, second, {"CANCELLED"}, stack) == "CANCELLED"

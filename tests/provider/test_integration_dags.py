@@ -132,14 +132,16 @@ async def remote(ssh_as: Any, *argv: str) -> str:
 
 
 async def sacct(ssh_as: Any, *job_ids: str, fields: str = "JobID,State,ExitCode") -> list[dict]:
-    """sacct's allocation rows (one per array task), polled until all are final."""
+    """sacct's allocation rows (one per array task), polled until all are final and
+    every requested field is filled in (accounting fills some, e.g. Partition, late)."""
     names = fields.split(",")
     final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
     deadline = time.monotonic() + 60
     while True:
         out = await remote(ssh_as, "sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "-o", fields)
         rows = [dict(zip(names, line.split("|"), strict=True)) for line in out.splitlines() if line]
-        if rows and all(r["State"].split()[0] in final for r in rows):
+        settled = all(r["State"].split()[0] in final and all(r.values()) for r in rows)
+        if rows and settled:
             return rows
         if time.monotonic() > deadline:
             raise AssertionError(f"sacct rows of {job_ids} not final: {rows}")
