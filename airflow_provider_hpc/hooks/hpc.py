@@ -10,6 +10,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
@@ -818,3 +819,14 @@ __all__ = [
     "file_digest",
     "retry_after_seconds",
 ]
+
+
+class UsesHpcHook:
+    """For operators and sensors: ``hook``, built once from ``hpc_conn_id`` and ``system``."""
+
+    hpc_conn_id: str
+    system: str | None
+
+    @cached_property
+    def hook(self) -> HpcHook:
+        return HpcHook(self.hpc_conn_id, system=self.system)

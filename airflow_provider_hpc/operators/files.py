@@ -7,14 +7,13 @@ import os
 import posixpath
 import uuid
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 
 from airflow_provider_hpc.exceptions import HpcChecksumError, HpcError, HpcJobError
-from airflow_provider_hpc.hooks.hpc import HpcHook, file_digest
+from airflow_provider_hpc.hooks.hpc import HpcHook, UsesHpcHook, file_digest
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -39,7 +38,7 @@ def _local(path: Any) -> Path:
     return Path(text.removeprefix("file://"))
 
 
-class _HpcFilesBase(BaseOperator):
+class _HpcFilesBase(UsesHpcHook, BaseOperator):
     ui_color = "#e8f4e4"
 
     def __init__(
@@ -52,10 +51,6 @@ class _HpcFilesBase(BaseOperator):
         super().__init__(**kwargs)
         self.system = system
         self.hpc_conn_id = hpc_conn_id
-
-    @cached_property
-    def hook(self) -> HpcHook:
-        return HpcHook(self.hpc_conn_id, system=self.system)
 
     def _verify(self, remote_path: str, local_digest: str, reread: Any) -> str:
         """Compare with the server's checksum; ``reread(name)`` digests the local side anew

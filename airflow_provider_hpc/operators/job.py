@@ -7,7 +7,6 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
@@ -19,7 +18,7 @@ from airflow_provider_hpc.exceptions import (
     HpcJobError,
     HpcNotFoundError,
 )
-from airflow_provider_hpc.hooks.hpc import HpcHook
+from airflow_provider_hpc.hooks.hpc import HpcHook, UsesHpcHook
 from airflow_provider_hpc.hooks.models import JobSpec, JobSummary, format_time_limit
 from airflow_provider_hpc.identity import TaskIdentity
 from airflow_provider_hpc.links.job import XCOM_JOB_ID, XCOM_JOB_URL, HpcJobLink
@@ -68,7 +67,7 @@ def _dependencies(value: Any) -> list[str] | str | None:
     return _job_ids(value) or None
 
 
-class HpcSubmitJobOperator(BaseOperator):
+class HpcSubmitJobOperator(UsesHpcHook, BaseOperator):
     """Submit a Slurm batch job through the API and (by default) wait until it ends.
 
     Exactly once: the job is recorded in the task state store and named
@@ -196,10 +195,6 @@ class HpcSubmitJobOperator(BaseOperator):
         self.log_tail_lines = log_tail_lines
         self._job_id: str | None = None
         self._system: str | None = None
-
-    @cached_property
-    def hook(self) -> HpcHook:
-        return HpcHook(self.hpc_conn_id, system=self.system)
 
     def render_template_fields(
         self, context: Context, jinja_env: jinja2.Environment | None = None

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
 
 from airflow_provider_hpc.exceptions import HpcError
-from airflow_provider_hpc.hooks.hpc import HpcHook
+from airflow_provider_hpc.hooks.hpc import HpcHook, UsesHpcHook
 from airflow_provider_hpc.operators.job import default_deferrable
 from airflow_provider_hpc.triggers.files import HpcFileTrigger
 
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class HpcFileSensor(BaseSensorOperator):
+class HpcFileSensor(UsesHpcHook, BaseSensorOperator):
     """Succeed when ``path`` exists on the cluster (file, directory or link target).
 
     Transient API errors count as "not yet". Poke, reschedule and deferrable modes.
@@ -41,10 +40,6 @@ class HpcFileSensor(BaseSensorOperator):
         self.system = system
         self.hpc_conn_id = hpc_conn_id
         self.deferrable = default_deferrable() if deferrable is None else deferrable
-
-    @cached_property
-    def hook(self) -> HpcHook:
-        return HpcHook(self.hpc_conn_id, system=self.system)
 
     def poke(self, context: Context) -> bool:
         try:

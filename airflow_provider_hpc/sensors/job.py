@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
 
 from airflow_provider_hpc.exceptions import HpcError, HpcJobError
-from airflow_provider_hpc.hooks.hpc import HpcHook
+from airflow_provider_hpc.hooks.hpc import HpcHook, UsesHpcHook
 from airflow_provider_hpc.hooks.models import JobSummary
 from airflow_provider_hpc.operators.job import default_deferrable
 from airflow_provider_hpc.triggers.job import FAILED, SUCCESS, TIMEOUT, HpcJobTrigger
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class HpcJobSensor(BaseSensorOperator):
+class HpcJobSensor(UsesHpcHook, BaseSensorOperator):
     """Succeed when job ``job_id`` COMPLETES; fail when it ends in any other state.
 
     The sensor does not own the job: it never cancels it. Transient API errors count as
@@ -46,10 +45,6 @@ class HpcJobSensor(BaseSensorOperator):
         self.system = system
         self.hpc_conn_id = hpc_conn_id
         self.deferrable = default_deferrable() if deferrable is None else deferrable
-
-    @cached_property
-    def hook(self) -> HpcHook:
-        return HpcHook(self.hpc_conn_id, system=self.system)
 
     @property
     def _job_id(self) -> str:
