@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import asyncssh
 import pytest
@@ -48,3 +49,18 @@ def api_server(site_env: SiteEnv, tmp_path_factory: pytest.TempPathFactory) -> I
     server = start_server(site_env, tmp_path_factory.mktemp("hpcgate"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+async def sftp_as(ssh_as: SshConnect) -> AsyncIterator[Any]:
+    """A direct SFTP client per user (for setting up and checking files)."""
+    clients: dict[str, asyncssh.SFTPClient] = {}
+
+    async def get(user: str) -> asyncssh.SFTPClient:
+        if user not in clients:
+            clients[user] = await (await ssh_as(user)).start_sftp_client()
+        return clients[user]
+
+    yield get
+    for client in clients.values():
+        client.exit()

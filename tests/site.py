@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
+
+import asyncssh
 
 REPO = Path(__file__).resolve().parents[1]
 SITE_COMMAND = REPO / "deploy" / "local" / "site"
@@ -68,3 +74,22 @@ def ensure_site_up() -> SiteEnv:
             raise RuntimeError(f"the local site did not come up:\n{result.stdout}\n{result.stderr}")
     lines = site("env").stdout.splitlines()
     return SiteEnv(dict(line.split("=", 1) for line in lines if "=" in line))
+
+
+@contextlib.asynccontextmanager
+async def scratch_dirs(
+    site_env: SiteEnv, sftp_as: Any, users: Iterable[str], prefix: str
+) -> AsyncIterator[dict[str, str]]:
+    """A fresh directory per user under their scratch (made as the user), removed after."""
+    tag = uuid.uuid4().hex[:8]
+    paths = {user: f"{site_env.scratch(user)}/{prefix}-{tag}" for user in users}
+    for user, path in paths.items():
+        await (await sftp_as(user)).mkdir(path)
+    try:
+        yield paths
+    finally:
+        for user, path in paths.items():
+            sftp = await sftp_as(user)
+            with contextlib.suppress(asyncssh.SFTPError):
+                await sftp.chmod(path, 0o700)
+                await sftp.rmtree(path)

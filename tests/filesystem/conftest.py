@@ -8,7 +8,6 @@ tests can assert that refused requests never reached the cluster.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -16,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import httpx
 import pytest
 
@@ -27,7 +25,7 @@ from hpcgate.localauth import LocalIssuer, create_signing_key
 from hpcgate.remote import CommandResult, CommandRunner
 from hpcgate.services import Services
 from tests.server import serve_in_thread
-from tests.site import SiteEnv
+from tests.site import SiteEnv, scratch_dirs
 
 USERS = ("hpcuser1", "hpcuser2")
 
@@ -128,32 +126,8 @@ def api(fs_server: FsServer) -> Iterator[dict[str, httpx.Client]]:
         client.close()
 
 
-@pytest.fixture(scope="session")
-async def sftp_as(site_env: SiteEnv, ssh_as: Any) -> AsyncIterator[Any]:
-    """A direct SFTP client per user (for setting up and checking files)."""
-    clients: dict[str, asyncssh.SFTPClient] = {}
-
-    async def get(user: str) -> asyncssh.SFTPClient:
-        if user not in clients:
-            connection = await ssh_as(user)
-            clients[user] = await connection.start_sftp_client()
-        return clients[user]
-
-    yield get
-    for client in clients.values():
-        client.exit()
-
-
 @pytest.fixture
 async def workdir(site_env: SiteEnv, sftp_as: Any) -> AsyncIterator[dict[str, str]]:
     """A fresh directory per user under their scratch (made as the user), removed after."""
-    tag = uuid.uuid4().hex[:8]
-    paths = {user: f"{site_env.scratch(user)}/fs-{tag}" for user in USERS}
-    for user, path in paths.items():
-        await (await sftp_as(user)).mkdir(path)
-    yield paths
-    for user, path in paths.items():
-        sftp = await sftp_as(user)
-        with contextlib.suppress(asyncssh.SFTPError):
-            await sftp.chmod(path, 0o700)
-            await sftp.rmtree(path)
+    async with scratch_dirs(site_env, sftp_as, USERS, "fs") as paths:
+        yield paths

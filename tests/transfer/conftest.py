@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from hpcgate.localauth import LocalIssuer, create_signing_key
 from hpcgate.scheduler.slurm_parsing import TERMINAL_STATES
 from hpcgate.transfer.service import TransferService
 from tests.server import serve_in_thread
-from tests.site import SiteEnv
+from tests.site import SiteEnv, scratch_dirs
 
 USERS = ("hpcuser1", "hpcuser2")
 SIGNING_KEY = "test-signing-key-" + "k" * 32
@@ -103,34 +102,11 @@ def xfer(site_env: SiteEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield server
 
 
-@pytest.fixture(scope="session")
-async def sftp_of(ssh_as: Any) -> AsyncIterator[Any]:
-    """A direct SFTP client per user, for setting up and checking files."""
-    clients: dict[str, asyncssh.SFTPClient] = {}
-
-    async def get(user: str) -> asyncssh.SFTPClient:
-        if user not in clients:
-            clients[user] = await (await ssh_as(user)).start_sftp_client()
-        return clients[user]
-
-    yield get
-    for client in clients.values():
-        client.exit()
-
-
 @pytest.fixture
-async def space(site_env: SiteEnv, sftp_of: Any) -> AsyncIterator[dict[str, str]]:
+async def space(site_env: SiteEnv, sftp_as: Any) -> AsyncIterator[dict[str, str]]:
     """A fresh directory per user in their scratch, removed afterwards."""
-    tag = uuid.uuid4().hex[:8]
-    paths = {user: f"{site_env.scratch(user)}/xfer-{tag}" for user in USERS}
-    for user, path in paths.items():
-        await (await sftp_of(user)).mkdir(path)
-    yield paths
-    for user, path in paths.items():
-        sftp = await sftp_of(user)
-        with contextlib.suppress(asyncssh.SFTPError):
-            await sftp.chmod(path, 0o700)
-            await sftp.rmtree(path)
+    async with scratch_dirs(site_env, sftp_as, USERS, "xfer") as paths:
+        yield paths
 
 
 async def wait_for_job(

@@ -41,9 +41,9 @@ async def _exists(sftp: asyncssh.SFTPClient, path: str) -> bool:
 
 
 async def test_each_operation_is_a_job_that_logs_success(
-    xfer: TransferServer, space: dict[str, str], sftp_of: Any
+    xfer: TransferServer, space: dict[str, str], sftp_as: Any
 ) -> None:
-    sftp = await sftp_of("hpcuser1")
+    sftp = await sftp_as("hpcuser1")
     base = space["hpcuser1"]
     await sftp.mkdir(f"{base}/tree")
     await _put(sftp, f"{base}/tree/a.txt", b"alpha")
@@ -117,9 +117,9 @@ async def test_each_operation_is_a_job_that_logs_success(
 
 
 async def test_refusals_before_anything_is_submitted(
-    xfer: TransferServer, space: dict[str, str], sftp_of: Any, site_env: Any
+    xfer: TransferServer, space: dict[str, str], sftp_as: Any, site_env: Any
 ) -> None:
-    sftp = await sftp_of("hpcuser1")
+    sftp = await sftp_as("hpcuser1")
     base, other = space["hpcuser1"], space["hpcuser2"]
     await _put(sftp, f"{base}/f", b"f")
     t = xfer.path("transfer")
@@ -169,9 +169,9 @@ async def test_refusals_before_anything_is_submitted(
 
 
 async def test_a_failing_job_logs_no_success_line(
-    xfer: TransferServer, space: dict[str, str], sftp_of: Any
+    xfer: TransferServer, space: dict[str, str], sftp_as: Any
 ) -> None:
-    sftp = await sftp_of("hpcuser1")
+    sftp = await sftp_as("hpcuser1")
     base = space["hpcuser1"]
     await _put(sftp, f"{base}/not-an-archive.tgz", b"plain text")
     await sftp.mkdir(f"{base}/out")
@@ -189,9 +189,9 @@ async def test_a_failing_job_logs_no_success_line(
 
 
 async def test_jobs_run_as_each_user_in_a_private_directory(
-    xfer: TransferServer, space: dict[str, str], sftp_of: Any
+    xfer: TransferServer, space: dict[str, str], sftp_as: Any
 ) -> None:
-    sftp = await sftp_of("hpcuser2")
+    sftp = await sftp_as("hpcuser2")
     base = space["hpcuser2"]
     await _put(sftp, f"{base}/mine", b"2")
     async with xfer.async_client("hpcuser2") as client:

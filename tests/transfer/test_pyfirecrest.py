@@ -38,9 +38,9 @@ def _client(server: TransferServer, user: str = "hpcuser1") -> firecrest.v2.Asyn
 
 
 async def test_upload_and_download_50_mib_through_the_transfer_flow(
-    xfer: TransferServer, space: dict[str, str], sftp_of: Any, tmp_path: Path
+    xfer: TransferServer, space: dict[str, str], sftp_as: Any, tmp_path: Path
 ) -> None:
-    sftp = await sftp_of("hpcuser1")
+    sftp = await sftp_as("hpcuser1")
     base, system = space["hpcuser1"], xfer.system
     fc = _client(xfer)
     local = tmp_path / "big.bin"
@@ -82,9 +82,9 @@ def slow_ops(
 
 
 async def test_mv_cp_rm_compress_extract(
-    slow_ops: TransferServer, space: dict[str, str], sftp_of: Any, ssh_as: Any
+    slow_ops: TransferServer, space: dict[str, str], sftp_as: Any, ssh_as: Any
 ) -> None:
-    sftp = await sftp_of("hpcuser1")
+    sftp = await sftp_as("hpcuser1")
     base, system = space["hpcuser1"], slow_ops.system
     setup = (
         f"set -e; cd {base}; mkdir tree out many; head -c 16M /dev/urandom > tree/random; "

@@ -75,9 +75,9 @@ async def _listing(sftp: asyncssh.SFTPClient, path: str) -> list[str]:
 
 
 async def test_interrupted_upload_resumes_to_a_verified_file(
-    xfer: TransferServer, space: dict[str, str], sftp_of: Any
+    xfer: TransferServer, space: dict[str, str], sftp_as: Any
 ) -> None:
-    sftp = await sftp_of("hpcuser1")
+    sftp = await sftp_as("hpcuser1")
     base = space["hpcuser1"]
     data = os.urandom(12 * MIB + 7)
     digest = hashlib.sha256(data).digest()
@@ -124,9 +124,9 @@ async def test_interrupted_upload_resumes_to_a_verified_file(
 
 
 async def test_wrong_checksum_is_rejected_and_nothing_is_left(
-    xfer: TransferServer, space: dict[str, str], sftp_of: Any
+    xfer: TransferServer, space: dict[str, str], sftp_as: Any
 ) -> None:
-    sftp = await sftp_of("hpcuser1")
+    sftp = await sftp_as("hpcuser1")
     base = space["hpcuser1"]
     data = os.urandom(2 * MIB)
     target = f"{base}/bad.bin"

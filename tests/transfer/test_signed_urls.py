@@ -59,9 +59,9 @@ async def _start_upload(
 
 
 async def test_multipart_upload_checks_every_part(
-    xfer: TransferServer, space: dict[str, str], sftp_of: Any
+    xfer: TransferServer, space: dict[str, str], sftp_as: Any
 ) -> None:
-    sftp = await sftp_of("hpcuser1")
+    sftp = await sftp_as("hpcuser1")
     base = space["hpcuser1"]
     data = os.urandom(2 * PART_SIZE + 1000)
     target = f"{base}/up.bin"
@@ -132,9 +132,9 @@ async def test_multipart_upload_checks_every_part(
 
 
 async def test_tampered_and_expired_urls_are_refused(
-    xfer: TransferServer, space: dict[str, str], sftp_of: Any
+    xfer: TransferServer, space: dict[str, str], sftp_as: Any
 ) -> None:
-    sftp = await sftp_of("hpcuser1")
+    sftp = await sftp_as("hpcuser1")
     base = space["hpcuser1"]
     target = f"{base}/t.bin"
     async with xfer.async_client("hpcuser1") as client, httpx.AsyncClient(timeout=60) as anon:
@@ -192,9 +192,9 @@ async def test_tampered_and_expired_urls_are_refused(
 
 
 async def test_download_url_streams_with_ranges(
-    xfer: TransferServer, space: dict[str, str], sftp_of: Any
+    xfer: TransferServer, space: dict[str, str], sftp_as: Any
 ) -> None:
-    sftp = await sftp_of("hpcuser1")
+    sftp = await sftp_as("hpcuser1")
     base = space["hpcuser1"]
     data = os.urandom(3 * 1024 * 1024 + 17)
     async with sftp.open(f"{base}/d.bin", "wb") as handle:
