@@ -138,6 +138,11 @@ class SchedulerSettings(_Model):
         default_factory=list,
         description="long sbatch options (without '--') a job description may add",
     )
+    job_visibility: Literal["own", "scheduler"] = Field(
+        "own",
+        description="own: callers see only their own jobs (others' answer 404); "
+        "scheduler: what Slurm shows the caller (see hpcgate.scheduler.visibility)",
+    )
 
 
 class WatcherSettings(_Model):
