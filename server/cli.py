@@ -75,7 +75,7 @@ def local_site_config(site: dict[str, str], key_dir: Path) -> dict[str, object]:
                     "type": "slurm",
                     "transfer_partition": site["HPC_SITE_XFER_PARTITION"],
                 },
-                "health_check_user": site["HPC_SITE_USERS"].split()[0],
+                "service_user": site["HPC_SITE_SERVICE_USER"],
                 "filesystems": [
                     {"path": f"{fs_root}/home", "data_type": "users", "default_work_dir": True},
                     {"path": f"{fs_root}/scratch", "data_type": "scratch"},

@@ -149,16 +149,14 @@ class WatcherSettings(_Model):
     """The shared job watcher of a system (``hpcgate.watcher``).
 
     Per round it runs one ``squeue`` for the watched jobs and, when some of them
-    ended, one ``sacct``, whatever the number of waiting clients. With ``user`` set
-    it polls as that service user (who must see every user's jobs, i.e. no
-    ``PrivateData=jobs`` for it); without one it polls per user, as each user.
-    Answers are always filtered to the caller's own jobs.
+    ended, one ``sacct``, whatever the number of waiting clients. With the
+    system's ``service_user`` set it polls as that identity (who must see every
+    user's jobs, i.e. no ``PrivateData=jobs`` for it); without one it polls per
+    user, as each user, and nothing one user's commands print reaches another.
+    Answers always follow ``scheduler.job_visibility``.
     """
 
     enabled: bool = True
-    user: str | None = Field(
-        None, description="service user the watcher polls as; unset: poll as each user"
-    )
     min_interval: float = Field(
         2.0,
         ge=0.2,
@@ -211,10 +209,12 @@ class SystemSettings(_Model):
     required_scopes: list[str] = Field(
         default_factory=list, description="token scopes a caller must hold for this system"
     )
-    health_check_user: str | None = Field(
+    service_user: str | None = Field(
         None,
-        description="user the health checker logs in as to probe the scheduler and "
-        "filesystems; without one only the SSH server's banner is checked",
+        pattern=r"^[a-z_][a-z0-9_.-]{0,31}$",
+        description="the gateway's own account on the cluster: health probes and the "
+        "shared job watcher run as it, never as an API user; no token may map to it. "
+        "Without one only the SSH banner is probed and the watcher polls as each user",
     )
     watcher: WatcherSettings = WatcherSettings()
 

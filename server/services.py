@@ -41,7 +41,7 @@ def system_probes(
 ) -> list[Probe]:
     """SSH always; login, scheduler and filesystems when a probe user is configured."""
     ssh = system.ssh
-    user = system.health_check_user
+    user = system.service_user
     if user is None:
         return [Probe("ssh", lambda: _ssh_banner(ssh.host, ssh.port, ssh.connect_timeout))]
     runner = pool.runner(system.name, user)

@@ -4,7 +4,7 @@ Clients (event streams, long-polls, repeated GETs) register interest in jobs; pe
 round the watcher runs, per *scope*, ONE ``squeue -t all`` for the watched jobs and,
 when some of them ended (or left the controller), ONE ``sacct -j`` for those, then
 publishes each job's state changes to its subscribers. A scope is the identity the
-commands run as: the configured service user (``watcher.user``, one scope for all
+commands run as: the system's service identity (``service_user``, one scope for all
 users), or each interested user in per-user mode.
 
 * Selection: ``squeue -u <users>`` when someone follows all of a user's jobs, else
@@ -198,6 +198,7 @@ class JobWatcher:
     ) -> None:
         self.system = system.name
         self.settings: WatcherSettings = system.watcher
+        self.service_user = system.service_user
         self.scheduler = scheduler
         self._runner_for = runner_for
         self._metrics = metrics
@@ -382,7 +383,7 @@ class JobWatcher:
     # ------------------------------------------------------------ internals
 
     def _scope(self, user: str) -> _Scope:
-        name = self.settings.user or user
+        name = self.service_user or user
         scope = self._scopes.get(name)
         if scope is None:
             scope = self._scopes[name] = _Scope(user=name, interval=self.settings.min_interval)

@@ -79,7 +79,7 @@ def test_required_scope_is_enforced(site_env, tmp_path) -> None:
 
 def test_unhealthy_scheduler_answers_503_with_reason(site_env, tmp_path) -> None:
     # the probe user cannot log in, so the checker marks ssh and scheduler unhealthy
-    server = start_server(site_env, tmp_path, overrides={"health_check_user": "nobody"})
+    server = start_server(site_env, tmp_path, overrides={"service_user": "nobody"})
     try:
         with server.client() as client:
             systems = client.get("/status/systems").json()["systems"]

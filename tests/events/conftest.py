@@ -20,7 +20,6 @@ FAULT_PREFIX = "fault-"
 FAULT_DELAY = 2.0
 
 WATCHER = {
-    "user": "hpcuser1",  # no PrivateData here: hpcuser1 sees every user's jobs
     "min_interval": MIN_INTERVAL,
     "max_interval": 5.0,
     "heartbeat_seconds": 1.0,

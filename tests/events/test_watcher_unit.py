@@ -28,10 +28,11 @@ from tests.events.helpers import sse_events
 MIN = 0.05
 
 
-def system(**watcher: object) -> SystemSettings:
+def system(service_user: str | None = None, **watcher: object) -> SystemSettings:
     return SystemSettings.model_validate(
         {
             "name": "c",
+            "service_user": service_user,
             "ssh": {"host": "h", "known_hosts": "/k"},
             "credentials": {"kind": "static_keys", "key_path": "/k/{username}"},
             # constructed: faster than the configuration allows (min 0.2 s)
@@ -54,7 +55,7 @@ async def fake() -> FakeScheduler:
 
 @pytest.fixture
 async def watcher(fake: FakeScheduler) -> AsyncIterator[JobWatcher]:
-    w = JobWatcher(system(user="svc"), fake, FakeRunner, metrics=Metrics())
+    w = JobWatcher(system(service_user="svc"), fake, FakeRunner, metrics=Metrics())
     w.start()
     yield w
     await w.close()
