@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hpcgate import __version__
 from hpcgate.config import Settings
+from hpcgate.edge import EdgeMiddleware
 from hpcgate.errors import ApiError
 from hpcgate.metrics import router as metrics_router
 from hpcgate.middleware import RequestContextMiddleware
@@ -106,5 +107,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    # the edge runs inside the request context: its answers get request ids and logs
+    app.add_middleware(EdgeMiddleware, settings=settings)
     app.add_middleware(RequestContextMiddleware, app_version=settings.app_version)
     return app

@@ -15,6 +15,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hpcgate.app import create_app
+    from hpcgate.connection import protocol_class
     from hpcgate.logs import configure_logging
 
     try:
@@ -30,6 +31,10 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # h11 bounds the request head (httptools does not); see hpcgate.connection
+        http=protocol_class(settings.http),
+        h11_max_incomplete_event_size=settings.http.max_header_bytes,
+        timeout_keep_alive=settings.http.keep_alive_timeout_seconds,
     )
     return 0
 
@@ -76,6 +81,9 @@ def local_site_config(site: dict[str, str], key_dir: Path) -> dict[str, object]:
                     "transfer_partition": site["HPC_SITE_XFER_PARTITION"],
                 },
                 "service_user": site["HPC_SITE_SERVICE_USER"],
+                # the site's people have uids from 1000 (id hpcuser1: 1001); uids are
+                # looked up as the service user, never in the caller's own shell
+                "accounts": {"source": "service", "min_uid": 1000, "max_uid": 60000},
                 "filesystems": [
                     {"path": f"{fs_root}/home", "data_type": "users", "default_work_dir": True},
                     {"path": f"{fs_root}/scratch", "data_type": "scratch"},

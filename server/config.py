@@ -6,10 +6,13 @@ Environment variables prefixed ``HPCGATE_`` (nested with ``__``) override the fi
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
+import httpx
 import yaml
 from pydantic import (
     BaseModel,
@@ -56,6 +59,38 @@ class SshSettings(_Model):
         description="preferred first: AES-GCM moves data ~2x faster than chacha20 where "
         "the CPU has AES instructions",
     )
+    max_output_bytes: int = Field(
+        64 * 1024**2,
+        ge=64 * 1024,
+        le=4 * 1024**3,
+        description="largest stdout of one remote command (the user's login shell prints "
+        "into it too), also the most stderr read; over it the command is stopped and the "
+        "request fails with 502",
+    )
+    max_stderr_bytes: int = Field(
+        1024**2,
+        ge=4 * 1024,
+        le=64 * 1024**2,
+        description="stderr kept of one command for error messages (its head and tail); "
+        "the rest is read and dropped",
+    )
+    max_output_bytes_per_user: int = Field(
+        128 * 1024**2,
+        ge=64 * 1024,
+        le=16 * 1024**3,
+        description="output held at once by all the running commands of one user on this "
+        "system; the command that would go over it is stopped (502)",
+    )
+
+    @model_validator(mode="after")
+    def _output_caps_fit(self) -> SshSettings:
+        if self.max_stderr_bytes > self.max_output_bytes:
+            raise ValueError("max_stderr_bytes must not exceed max_output_bytes")
+        if self.max_output_bytes_per_user < self.max_output_bytes + self.max_stderr_bytes:
+            raise ValueError(
+                "max_output_bytes_per_user must be at least max_output_bytes + max_stderr_bytes"
+            )
+        return self
 
 
 class CertificateAuthorityCredentials(_Model):
@@ -124,6 +159,19 @@ class FilesystemLimits(_Model):
     chunk_size: int = Field(
         1024**2, ge=16 * 1024, le=64 * 1024**2, description="bytes per streamed read/write"
     )
+    max_recursion_depth: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="deepest directory level a recursive listing (ls -R) descends to; "
+        "400 naming this field below it",
+    )
+    max_listing_entries: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="most entries one listing (ls, ls -R) returns; 400 naming this field past it",
+    )
 
 
 class SchedulerSettings(_Model):
@@ -142,6 +190,27 @@ class SchedulerSettings(_Model):
         "own",
         description="own: callers see only their own jobs (others' answer 404); "
         "scheduler: what Slurm shows the caller (see hpcgate.scheduler.visibility)",
+    )
+    sbatch_path: str = Field(
+        "/usr/bin/sbatch",
+        max_length=4096,
+        pattern=r"^/[^\s=\x00-\x1f\x7f]*$",
+        description="absolute path of sbatch on the login node, called when a job sets "
+        "its own PATH (never learned from a user's shell); Debian and RHEL packages "
+        "install it in /usr/bin",
+    )
+    max_list_window: int = Field(
+        7 * 86400,
+        ge=3600,
+        le=366 * 86400,
+        description="longest time_window (seconds) of a job listing; a longer one is a 400",
+    )
+    max_list_jobs: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="most jobs one listing answers: beyond it, the newest ones, with "
+        "the header X-Hpcgate-Jobs-Truncated",
     )
 
 
@@ -168,10 +237,14 @@ class WatcherSettings(_Model):
         30.0, ge=0.2, le=3600, description="seconds between rounds when nothing is active"
     )
     interest_seconds: float = Field(
-        60.0, gt=0, description="how long a plain GET keeps a job watched"
+        60.0, gt=0, le=86400, description="how long a plain GET keeps a job watched"
     )
     retention_seconds: float = Field(
-        3600.0, gt=0, description="how long ended jobs and their events are kept"
+        3600.0,
+        gt=0,
+        le=7 * 86400,
+        description="how long a job its owner watched is kept (with its events, for "
+        "resume) once nobody watches it; other jobs go as soon as interest ends",
     )
     settle_seconds: float = Field(
         60.0, gt=0, description="how long to wait for accounting to settle an ended job"
@@ -186,6 +259,27 @@ class WatcherSettings(_Model):
     max_subscribers: int = Field(
         20_000, ge=1, description="open streams and long-polls on the system at once"
     )
+    max_subscribers_per_user: int = Field(
+        100,
+        ge=1,
+        le=1_000_000,
+        description="open streams and long-polls one user may hold on the system at once; "
+        "429 with Retry-After beyond it",
+    )
+    max_unknown_ids_per_request: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description="job ids one events request may name that the watcher does not know "
+        "yet (all looked up in one squeue and one sacct); 400 beyond it",
+    )
+    max_leases_per_user: int = Field(
+        2000,
+        ge=1,
+        le=1_000_000,
+        description="job ids one user keeps watched by GETs and closed streams, and ended "
+        "jobs kept for them; the oldest are dropped beyond it",
+    )
     max_batch: int = Field(
         2000, ge=1, description="most job ids in one squeue -j or sacct -j of a round"
     )
@@ -195,6 +289,96 @@ class WatcherSettings(_Model):
         if self.min_interval > self.max_interval:
             raise ValueError("min_interval must not exceed max_interval")
         return self
+
+
+_ACCOUNT_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"
+_UID_MAX = 2**32 - 2
+
+
+class AccountPolicySettings(_Model):
+    """Which Unix accounts tokens may act as on a system (``hpcgate.accounts``).
+
+    Checked before any SSH connection is made for a request. Root, accounts below
+    ``min_uid`` or above ``max_uid``, the overflow ids (nobody), the system's
+    ``service_user`` (and any account sharing its uid) are always refused; ``allow``
+    and ``deny`` narrow further. Uids come from a trusted source, never from the
+    caller's own session: ``service`` runs ``getent passwd`` as ``service_user``;
+    ``local`` asks the gateway host's NSS (its directory must be the cluster's);
+    ``none`` knows no uids, so it needs an ``allow`` list. ``auto``: ``service``
+    with a ``service_user``, else ``local``.
+    """
+
+    source: Literal["auto", "service", "local", "none"] = Field(
+        "auto",
+        description="where uids come from: service (getent as service_user), local (the "
+        "gateway host's NSS), none (lists only; needs allow); auto: service with a "
+        "service_user, else local",
+    )
+    min_uid: int = Field(
+        1000, ge=1, le=_UID_MAX, description="lowest uid served (system accounts lie below)"
+    )
+    max_uid: int = Field(
+        60000,
+        ge=1,
+        le=_UID_MAX,
+        description="highest uid served (login.defs UID_MAX; nobody is 65534); raise it "
+        "for directories with larger uids",
+    )
+    allow: list[Annotated[str, Field(pattern=_ACCOUNT_NAME)]] | None = Field(
+        None, max_length=100_000, description="if set, only these accounts are served"
+    )
+    deny: list[Annotated[str, Field(pattern=_ACCOUNT_NAME)]] = Field(
+        default_factory=list, max_length=100_000, description="accounts never served"
+    )
+    positive_ttl_seconds: float = Field(
+        300.0, ge=0, le=86400, description="how long a found account's uid is remembered"
+    )
+    negative_ttl_seconds: float = Field(
+        60.0, ge=0, le=86400, description="how long an unknown account stays unknown"
+    )
+    cache_size: int = Field(
+        10_000, ge=1, le=1_000_000, description="most accounts remembered (oldest dropped)"
+    )
+    lookup_timeout: float = Field(
+        10.0, gt=0, le=300, description="seconds for one account lookup (503 over it)"
+    )
+    max_concurrent_lookups: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="lookups of different accounts running at once (they share the "
+        "service_user's connection with health checks and the watcher)",
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _allow_not_root(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and "root" in value:
+            raise ValueError("root is never served: remove it from the allow list")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AccountPolicySettings:
+        if self.min_uid > self.max_uid:
+            raise ValueError("accounts.min_uid must not exceed accounts.max_uid")
+        if self.source == "none":
+            if self.allow is None:
+                raise ValueError(
+                    "accounts.source none knows no uids, so accounts.allow must list the "
+                    "accounts served"
+                )
+            for name in ("min_uid", "max_uid"):
+                if name in self.model_fields_set:
+                    raise ValueError(
+                        f"accounts.{name} needs uids: use accounts.source service or local"
+                    )
+        return self
+
+    def resolved_source(self, service_user: str | None) -> Literal["service", "local", "none"]:
+        """The source ``auto`` stands for on a system with this ``service_user``."""
+        if self.source == "auto":
+            return "service" if service_user else "local"
+        return self.source
 
 
 class SystemSettings(_Model):
@@ -217,6 +401,57 @@ class SystemSettings(_Model):
         "Without one only the SSH banner is probed and the watcher polls as each user",
     )
     watcher: WatcherSettings = WatcherSettings()
+    accounts: AccountPolicySettings = Field(
+        default_factory=AccountPolicySettings,
+        description="which Unix accounts tokens may act as (checked before any SSH)",
+    )
+
+    @model_validator(mode="after")
+    def _service_user_is_no_api_user(self) -> SystemSettings:
+        service = self.service_user
+        allow = self.accounts.allow
+        if service is not None and allow is not None and service in allow:
+            raise ValueError(
+                f"accounts.allow names service_user {service!r}: the service identity "
+                "is never an API user"
+            )
+        if self.accounts.source == "service" and service is None:
+            raise ValueError("accounts.source service needs service_user (getent runs as it)")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_jwks_url(url: str) -> None:
+    """https, or plain http to a loopback host: the keys decide who is authenticated.
+
+    The host is the one the fetch (httpx) will connect to, parsed, never a string
+    prefix: ``http://127.0.0.1.evil.com`` and ``http://localhost@evil`` are not
+    loopback. A URL that urllib reads with another host is refused as ambiguous.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"is not a valid URL: {exc}") from None
+    if parsed.scheme not in ("https", "http") or not parsed.host:
+        raise ValueError("must be an https URL with a host")
+    if parsed.userinfo:
+        raise ValueError("must not hold user information (user@host)")
+    try:
+        other_host = urlsplit(url).hostname or ""
+    except ValueError:
+        other_host = ""
+    if other_host.lower() != parsed.host.lower():
+        raise ValueError("is ambiguous: URL parsers disagree on its host")
+    if parsed.scheme == "http" and not _is_loopback(parsed.host):
+        raise ValueError("must be https (plain http only to a loopback host)")
 
 
 class AuthSettings(_Model):
@@ -234,13 +469,17 @@ class AuthSettings(_Model):
         30.0, ge=0, description="at most one JWKS refresh per this many seconds on unknown kid"
     )
 
+    @field_validator("jwks_url")
+    @classmethod
+    def _https_or_loopback(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_jwks_url(value)
+        return value
+
     @model_validator(mode="after")
     def _one_key_source(self) -> AuthSettings:
         if (self.jwks_url is None) == (self.jwks_file is None):
             raise ValueError("set exactly one of jwks_url and jwks_file")
-        if self.jwks_url is not None and not self.jwks_url.startswith("https://"):
-            if not self.jwks_url.startswith(("http://127.", "http://localhost")):
-                raise ValueError("jwks_url must be https (plain http only on loopback)")
         if "none" in (alg.lower() for alg in self.algorithms):
             raise ValueError("the 'none' algorithm is never accepted")
         return self
@@ -340,6 +579,13 @@ class IdempotencySettings(_Model):
     ttl_hours: float = Field(
         7 * 24.0, gt=0, description="how long a key is remembered after its submission"
     )
+    max_keys_per_user: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="live keys (not yet expired) one user may hold on one system; a new "
+        "key beyond it is a 429 with Retry-After (when the oldest key expires)",
+    )
     fault_delay_before_record: float = Field(
         0.0, ge=0, le=600, description="TEST ONLY: sleep after sbatch, before recording the job"
     )
@@ -381,6 +627,81 @@ class MetricsSettings(_Model):
     bearer_token_file: Path | None = None
 
 
+class HttpSettings(_Model):
+    """Bounds on what one HTTP request may cost before it is authenticated and served.
+
+    Checked at the edge (``hpcgate.edge``) and by the connection protocol
+    (``hpcgate.connection``), before the application reads anything: a request
+    without a valid token costs at most its head and is answered at once.
+    Streaming upload routes take their caps from the settings they serve
+    (``filesystem_limits.max_ops_file_size``, ``transfer.part_size``,
+    ``transfer.max_file_size``); every other route gets ``max_json_body_bytes``.
+    """
+
+    max_json_body_bytes: int = Field(
+        1024**2,
+        ge=1024,
+        le=1024**3,
+        description="largest body of a non-upload route (job submissions, file operation "
+        "requests); 413 over it, from Content-Length before reading, or once a chunked "
+        "body passes it",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=4 * 1024,
+        le=1024**2,
+        description="largest request head (request line and headers; a token may take "
+        "32 KiB); 431 over it and the connection is closed",
+    )
+    max_headers: int = Field(
+        100, ge=8, le=10_000, description="most header lines in a request; 431 over it"
+    )
+    header_read_timeout_seconds: float = Field(
+        10.0,
+        ge=0.1,
+        le=300,
+        description="a request head must arrive whole within this many seconds of its "
+        "first byte (or of the connection's opening); else 408 and the connection closes",
+    )
+    body_read_timeout_seconds: float = Field(
+        30.0,
+        ge=0.1,
+        le=3600,
+        description="longest wait for the next piece of a request body; past it 408 and "
+        "the connection closes",
+    )
+    keep_alive_timeout_seconds: int = Field(
+        5, ge=1, le=300, description="an idle keep-alive connection closes after this long"
+    )
+
+
+class RateLimitSettings(_Model):
+    """A token bucket per authenticated user (``hpcgate.ratelimit``).
+
+    Every request with a valid token takes one token from its user's bucket (an
+    event stream or long-poll counts once, when it opens); an empty bucket answers
+    429 with ``Retry-After``. Requests without a token, the signed transfer URLs and
+    the public routes are not counted here.
+    """
+
+    enabled: bool = True
+    requests_per_second: float = Field(
+        20.0, gt=0, le=100_000, description="sustained requests per second of one user"
+    )
+    burst: int = Field(
+        1200,
+        ge=1,
+        le=1_000_000,
+        description="requests one user may make at once after being idle (the bucket's size)",
+    )
+    max_users: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="buckets kept at once (refilled ones are dropped first; memory bound)",
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration."""
 
@@ -393,6 +714,8 @@ class Settings(BaseSettings):
     health: HealthSettings = HealthSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
     metrics: MetricsSettings = MetricsSettings()
+    http: HttpSettings = HttpSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
     state_dir: Path | None = Field(
         None,
         description="where the server keeps state (default $XDG_STATE_HOME/hpcgate, "

@@ -31,10 +31,17 @@ async def authenticated(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller, from a valid bearer token (401 otherwise)."""
-    if credentials is None:
-        raise Unauthorized("Missing bearer token (Authorization: Bearer <JWT>)")
-    principal = await services.tokens.validate(credentials.credentials)
+    """The caller, from a valid bearer token (401 otherwise).
+
+    The edge middleware (``hpcgate.edge``) has validated the token already and left
+    the principal in the request state; without it (an app served without the
+    middleware) the token is validated here.
+    """
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, Principal):
+        if credentials is None:
+            raise Unauthorized("Missing bearer token (Authorization: Bearer <JWT>)")
+        principal = await services.tokens.validate(credentials.credentials)
     request.state.user = principal.username
     return principal
 
@@ -74,12 +81,15 @@ class SystemContext:
 async def system_context(
     system_name: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> SystemContext:
-    """Resolve ``{system_name}`` (case-insensitive) and check the caller may use it."""
+    """Resolve ``{system_name}`` (case-insensitive) and check the caller may use it:
+    the token's scopes, then the account policy (``hpcgate.accounts``), before any
+    SSH connection, stream or upload is made for the caller."""
     system = services.settings.system(system_name)
     if system is None:
         raise NotFound(f"System not found: '{system_name}'")
     require_scopes(principal, system.required_scopes)
     request.state.system = system.name
+    await services.accounts[system.name].check(principal.username)
     return SystemContext(system=system, principal=principal, services=services)
 
 

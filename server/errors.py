@@ -71,10 +71,25 @@ class PayloadTooLarge(ApiError):
     status_code = 413
 
 
+class RequestHeaderFieldsTooLarge(ApiError):
+    """A request head over ``http.max_header_bytes`` or ``http.max_headers``."""
+
+    status_code = 431
+
+
 class UnprocessableEntity(ApiError):
     """Well-formed but semantically wrong (same idempotency key, other body)."""
 
     status_code = 422
+
+
+class TooManyRequests(ApiError):
+    """The caller holds its share of a per-user quota or rate; retry later."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
 class ClusterUnreachable(ApiError):
@@ -99,6 +114,20 @@ class BadGateway(ApiError):
 
     def __init__(self, message: str, *, retry_after: int = 5) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class OutputTooLarge(BadGateway):
+    """A remote command printed more than a configured cap and was stopped.
+
+    A 502 because the output is the remote side's (the user's login shell included);
+    a caller whose own request chose the output may re-raise it as a 4xx. ``limit``
+    is the cap in bytes and ``setting`` the configuration field that sets it.
+    """
+
+    def __init__(self, message: str, *, limit: int, setting: str) -> None:
+        ApiError.__init__(self, message)  # no Retry-After: the same command prints as much
+        self.limit = limit
+        self.setting = setting
 
 
 class ServiceUnavailable(ApiError):
