@@ -4,6 +4,10 @@ Probes are plain async callables that raise when their service is unhealthy; the
 checker runs them concurrently every interval, each under a timeout, and keeps the
 last result per service. Routes ask ``ensure_healthy`` before relying on a service,
 so a known-broken scheduler answers 503 with the reason instead of hanging.
+
+Callers (``/status/systems``, 503 bodies) see only texts written here or fixed by
+the probe (``Probe.failure``), never what a remote command printed: the detail of
+a failure goes to the server log at warning level.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from hpcgate.errors import ApiError, ServiceUnavailable
+from hpcgate.errors import ClusterUnreachable, Forbidden, ServiceUnavailable
 from hpcgate.wire import WireModel
 
 logger = logging.getLogger(__name__)
@@ -36,13 +40,30 @@ class ServiceHealth(WireModel):
     path: str | None = None
 
 
+_DETAIL_CHARS = 500
+
+
 @dataclass(frozen=True)
 class Probe:
-    """A named check: ``check()`` returns when healthy and raises otherwise."""
+    """A named check: ``check()`` returns when healthy and raises otherwise.
+
+    ``failure`` is what callers are told when it raises (the exception's own text,
+    which may quote the cluster, is only logged).
+    """
 
     service_type: ServiceType
     check: Callable[[], Awaitable[object]]
     path: str | None = None
+    failure: str = "the check failed"
+
+
+def _public_reason(probe: Probe, exc: Exception) -> str:
+    """What callers may read about ``exc``: our own words only."""
+    if isinstance(exc, Forbidden):
+        return "the system refused the service identity's SSH login"
+    if isinstance(exc, ClusterUnreachable) and probe.service_type != "ssh":
+        return "the system cannot be reached over SSH"
+    return probe.failure
 
 
 class HealthChecker:
@@ -56,7 +77,7 @@ class HealthChecker:
         self._last_run: dict[str, datetime] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def _run_probe(self, probe: Probe) -> ServiceHealth:
+    async def _run_probe(self, system: str, probe: Probe) -> ServiceHealth:
         started = time.perf_counter()
         healthy, message = True, None
         try:
@@ -64,10 +85,16 @@ class HealthChecker:
                 await probe.check()
         except TimeoutError:
             healthy, message = False, f"no answer within {self._timeout:g} s"
-        except ApiError as exc:
-            healthy, message = False, exc.message
         except Exception as exc:
-            healthy, message = False, f"{type(exc).__name__}: {exc}"
+            healthy, message = False, _public_reason(probe, exc)
+            logger.warning(
+                "health probe failed: system=%s service=%s%s: %s: %s",
+                system,
+                probe.service_type,
+                f" path={probe.path}" if probe.path else "",
+                type(exc).__name__,
+                str(exc)[:_DETAIL_CHARS],
+            )
         return ServiceHealth(
             service_type=probe.service_type,
             last_checked=datetime.now(UTC),
@@ -81,7 +108,7 @@ class HealthChecker:
         """Run every probe of every system once, concurrently."""
 
         async def check_system(system: str, probes: list[Probe]) -> None:
-            results = await asyncio.gather(*(self._run_probe(p) for p in probes))
+            results = await asyncio.gather(*(self._run_probe(system, p) for p in probes))
             for result in results:
                 if not result.healthy:
                     logger.warning(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client.core import Metric
 
+from hpcgate.accounts import AccountPolicy, build_policy
 from hpcgate.auth import TokenValidator
 from hpcgate.config import Settings, SystemSettings
 from hpcgate.errors import ClusterUnreachable
@@ -20,58 +23,105 @@ from hpcgate.scheduler.slurm import SlurmScheduler
 from hpcgate.sshpool import SshPool
 from hpcgate.watcher import JobWatcher
 
+log = logging.getLogger(__name__)
+
+
+_BANNER_LIMIT = 255  # RFC 4253: the version line is at most 255 bytes
+
 
 async def _ssh_banner(host: str, port: int, timeout: float) -> None:
     """Healthy when the SSH server answers with its version banner."""
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, limit=_BANNER_LIMIT + 1)
             try:
                 banner = await reader.readline()
             finally:
                 writer.close()
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:
         raise ClusterUnreachable(f"cannot connect to {host}:{port}: {exc}") from exc
     if not banner.startswith(b"SSH-"):
         raise ClusterUnreachable(f"{host}:{port} does not speak SSH")
 
 
+_VERSION = re.compile(r"[0-9]+(?:\.[0-9]+){1,3}(?:-[0-9A-Za-z.]+)?")
+
+
+def parse_sinfo_version(output: str) -> str | None:
+    """``sinfo --version`` ("slurm 22.05.8", "slurm-wlm 23.11.4") -> "22.05.8"; None
+    for anything else (the text is shown to every caller, so only a version passes)."""
+    words = output.split()
+    if len(words) != 2 or _VERSION.fullmatch(words[1]) is None:
+        return None
+    return words[1]
+
+
 def system_probes(
     system: SystemSettings, pool: SshPool, scheduler: Scheduler, versions: dict[str, str]
 ) -> list[Probe]:
-    """SSH always; login, scheduler and filesystems when a probe user is configured."""
+    """SSH always; login, scheduler and filesystems when a service user is configured.
+
+    Every probe runs as the system's ``service_user`` (whose login shell is the
+    operator's), never as an API user: nothing a caller's shell prints can make a
+    system look unhealthy, or set the scheduler version others see. A failed probe
+    shows callers only its own fixed ``failure`` text; what the cluster printed
+    goes to the server log (``hpcgate.health``).
+    """
     ssh = system.ssh
     user = system.service_user
     if user is None:
-        return [Probe("ssh", lambda: _ssh_banner(ssh.host, ssh.port, ssh.connect_timeout))]
+        return [
+            Probe(
+                "ssh",
+                lambda: _ssh_banner(ssh.host, ssh.port, ssh.connect_timeout),
+                failure="the SSH server did not answer",
+            )
+        ]
     runner = pool.runner(system.name, user)
 
     async def login() -> None:
         command_source.set("health")
         result = await runner.run(["true"])
         if not result.ok:
-            raise ClusterUnreachable(f"login as {user} failed: {result.stderr.strip()}")
+            raise ClusterUnreachable(
+                f"login as {user} exited {result.exit_status}: {result.stderr.strip()}"
+            )
 
     async def ping_scheduler() -> None:
         command_source.set("health")
         await scheduler.ping(runner)
         if system.name not in versions:
-            version = await runner.run(["sinfo", "--version"])
-            if version.ok and version.stdout.split():
-                # "slurm-wlm 22.05.8" -> "22.05.8"
-                versions[system.name] = version.stdout.split()[-1]
+            result = await runner.run(["sinfo", "--version"])
+            if result.ok:  # else: asked again next round
+                version = parse_sinfo_version(result.stdout)
+                if version is None:
+                    log.warning(
+                        "unexpected sinfo --version output on %s: %r",
+                        system.name,
+                        result.stdout[:200],
+                    )
+                versions[system.name] = version or "unknown"
 
     def stat(path: str) -> Callable[[], Awaitable[None]]:
         async def check() -> None:
+            command_source.set("health")
             async with pool.sftp(system.name, user) as sftp:
                 await sftp.stat(path)
 
         return check
 
     return [
-        Probe("ssh", login),
-        Probe("scheduler", ping_scheduler),
-        *(Probe("filesystem", stat(fs.path), path=fs.path) for fs in system.filesystems),
+        Probe("ssh", login, failure="login as the service identity failed"),
+        Probe("scheduler", ping_scheduler, failure="the scheduler did not answer"),
+        *(
+            Probe(
+                "filesystem",
+                stat(fs.path),
+                path=fs.path,
+                failure="the filesystem is not accessible to the service identity",
+            )
+            for fs in system.filesystems
+        ),
     ]
 
 
@@ -109,6 +159,8 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     watchers: dict[str, JobWatcher] = field(default_factory=dict)
     submitter: IdempotentSubmitter | None = None
+    accounts: dict[str, AccountPolicy] = field(default_factory=dict)
+    """Per system (by configured name): which accounts tokens may act as."""
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -138,6 +190,10 @@ class Services:
             if system.watcher.enabled
         }
         submitter = IdempotentSubmitter(_idempotency_store(settings), settings.idempotency, metrics)
+        accounts = {
+            system.name: build_policy(system, functools.partial(pool.runner, system.name))
+            for system in settings.systems
+        }
         metrics.add_gauges(pool_gauges(pool.stats))
         metrics.add_gauges(_watcher_gauges(watchers))
         return cls(
@@ -150,6 +206,7 @@ class Services:
             metrics,
             watchers,
             submitter,
+            accounts,
         )
 
     async def start(self) -> None:
@@ -168,6 +225,8 @@ class Services:
         await self.health.stop()
         if self.submitter is not None:
             await self.submitter.close()
+        for policy in self.accounts.values():
+            await policy.close()
         await self.pool.close()
         await self.tokens.aclose()
 

@@ -1,4 +1,10 @@
-"""/status: the systems, their health, and what the scheduler says about them."""
+"""/status: the systems, their health, and what the scheduler says about them.
+
+A system whose ``required_scopes`` the token lacks is not listed: a caller learns of
+the systems they may use, no more. ``/status/liveness/`` (no token) names only the
+systems that require no scope. The per-system routes check scopes and the account
+policy through ``system_context``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from datetime import datetime
 
 from fastapi import APIRouter
 
+from hpcgate.auth import Principal
 from hpcgate.config import SystemSettings
 from hpcgate.dependencies import PrincipalDep, ServicesDep, SystemDep
 from hpcgate.health import ServiceHealth
@@ -108,19 +115,36 @@ def _describe(system: SystemSettings, services: Services) -> System:
     )
 
 
+def _visible(system: SystemSettings, principal: Principal | None) -> bool:
+    """Whether ``system`` may be named to this caller (None: no token)."""
+    if principal is None:
+        return not system.required_scopes
+    return all(scope in principal.scopes for scope in system.required_scopes)
+
+
 @router.get("/systems", response_model=SystemsResponse, response_model_exclude_none=False)
-async def get_systems(_: PrincipalDep, services: ServicesDep) -> SystemsResponse:
-    """Every configured system with the last result of its health checks."""
-    return SystemsResponse(systems=[_describe(s, services) for s in services.settings.systems])
+async def get_systems(principal: PrincipalDep, services: ServicesDep) -> SystemsResponse:
+    """The systems whose scopes the token holds, with their last health checks."""
+    return SystemsResponse(
+        systems=[
+            _describe(s, services) for s in services.settings.systems if _visible(s, principal)
+        ]
+    )
 
 
 @router.get("/liveness/", response_model=Liveness)
 async def get_liveness(services: ServicesDep) -> Liveness:
-    """Unauthenticated: the server runs; when each system was last health-checked."""
+    """Unauthenticated: the server runs; when each system needing no scope was last
+    health-checked (``lastUpdate``: the latest check of any system)."""
     runs = services.health.runs
     last = max(runs.values(), default=None)
+    shown = {
+        s.name: runs[s.name]
+        for s in services.settings.systems
+        if s.name in runs and _visible(s, None)
+    }
     return Liveness(
-        healthcheck_runs=runs, last_update=int(last.timestamp() * 1000) if last else None
+        healthcheck_runs=shown, last_update=int(last.timestamp() * 1000) if last else None
     )
 
 

@@ -78,14 +78,21 @@ def test_required_scope_is_enforced(site_env, tmp_path) -> None:
 
 
 def test_unhealthy_scheduler_answers_503_with_reason(site_env, tmp_path) -> None:
-    # the probe user cannot log in, so the checker marks ssh and scheduler unhealthy
-    server = start_server(site_env, tmp_path, overrides={"service_user": "nobody"})
+    # the probe user cannot log in, so the checker marks ssh and scheduler unhealthy;
+    # accounts come from the host's NSS (getent as nobody would fail: 503 before that)
+    server = start_server(
+        site_env,
+        tmp_path,
+        overrides={"service_user": "nobody", "accounts": {"source": "local"}},
+    )
     try:
         with server.client() as client:
             systems = client.get("/status/systems").json()["systems"]
             scheduler = [h for h in systems[0]["servicesHealth"] if h["serviceType"] == "scheduler"]
             assert scheduler[0]["healthy"] is False
-            assert scheduler[0]["message"]
+            # the server's own words, never sshd's or the shell's
+            refused = "the system refused the service identity's SSH login"
+            assert scheduler[0]["message"] == refused
             response = client.post(
                 f"/compute/{server.system}/jobs",
                 json={"job": {"workingDirectory": "/tmp", "script": "#!/bin/bash\ntrue\n"}},
