@@ -29,8 +29,14 @@ class CommandRunner(Protocol):
     """Runs commands on one cluster as one user.
 
     A non-zero exit status is returned, not raised. Implementations raise
-    ``errors.RequestTimeout`` when ``timeout`` expires and
-    ``errors.ClusterUnreachable`` when the cluster cannot be reached.
+    ``errors.RequestTimeout`` when ``timeout`` expires,
+    ``errors.ClusterUnreachable`` when the cluster cannot be reached and
+    ``errors.OutputTooLarge`` (502) when the command prints more than its cap: the
+    system's ``ssh.max_output_bytes`` on stdout, or ``max_output`` bytes when given
+    (for a caller that needs a larger cap, or wants a smaller one because its request
+    chose the command). Output is bounded because the user controls it (their login
+    shell prints into it); stderr is kept in part (``ssh.max_stderr_bytes``, head and
+    tail), it only feeds error messages. A stopped command is killed remotely.
     """
 
     @property
@@ -44,4 +50,5 @@ class CommandRunner(Protocol):
         *,
         stdin: str | bytes | None = None,
         timeout: float | None = None,
+        max_output: int | None = None,
     ) -> CommandResult: ...

@@ -20,7 +20,10 @@ commands (a ``hpcgate.remote.CommandRunner``) and ``sftp()`` for file access.
 Errors: ``ClusterUnreachable`` (424) for network, host-key and protocol failures;
 ``Forbidden`` (403) when sshd refuses the login: the user has no account on the
 cluster or the cluster does not accept the credentials, which a retry will not fix.
-``RequestTimeout`` (408) when a command overruns; its remote process group is killed.
+``RequestTimeout`` (408) when a command overruns; ``OutputTooLarge`` (502) when it
+prints more than ``ssh.max_output_bytes`` (see ``hpcgate.sshoutput``: both streams are
+read in bounded chunks, never whole). Either way the remote command is stopped: SIGTERM
+to its process group (srun forwards it to its job step), SIGKILL after a short grace.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from hpcgate.credentials import (
     validate_username,
 )
 from hpcgate.remote import CommandResult, CommandRunner
+from hpcgate.sshoutput import CHUNK, OutputBudget, OutputLimits, collect_output
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ _LOST = (
     ConnectionResetError,
 )
 _CLOSE_GRACE_SECONDS = 5.0
+_TERM_GRACE_SECONDS = 1.0
 
 CommandObserver = Callable[[str, Sequence[str], float, "int | None"], None]
 
@@ -95,6 +100,7 @@ class _Connection:
         self.channels_in_use = 0
         self.last_used = asyncio.get_running_loop().time()
         self._channels = asyncio.Semaphore(system.ssh.max_channels_per_connection)
+        self.output_budget = OutputBudget(system.ssh.max_output_bytes_per_user)
         self._sftp: asyncssh.SFTPClient | None = None
         self._sftp_lock = asyncio.Lock()
 
@@ -424,10 +430,20 @@ class SshPool:
         argv: Sequence[str],
         stdin: str | bytes | None,
         timeout: float | None,
+        max_output: int | None = None,
     ) -> CommandResult:
         if isinstance(argv, str) or not argv:
             raise ValueError("argv must be a non-empty sequence of arguments")
+        if max_output is not None and max_output < 1:
+            raise ValueError("max_output must be a positive number of bytes")
         command = shlex.join(argv)
+        ssh = system.ssh
+        limits = OutputLimits(
+            max_output=ssh.max_output_bytes if max_output is None else max_output,
+            max_stderr=ssh.max_stderr_bytes,
+            max_drain=ssh.max_output_bytes,
+            output_setting="ssh.max_output_bytes" if max_output is None else "this command's cap",
+        )
         data = stdin.encode() if isinstance(stdin, str) else stdin
         data = data or None  # empty input: the command sees EOF at once
         limit = system.ssh.command_timeout if timeout is None else timeout
@@ -436,7 +452,7 @@ class SshPool:
                 for attempt in range(2):
                     entry = await self._lease(system, username)
                     try:
-                        return await self._execute(entry, command, data)
+                        return await self._execute(entry, command, data, limits)
                     except _ChannelNotOpened as exc:
                         self._discard(entry, "dead at channel open")
                         if attempt:
@@ -447,7 +463,9 @@ class SshPool:
             raise errors.RequestTimeout(f"Command timed out after {limit:g} s") from None
         raise AssertionError("unreachable")
 
-    async def _execute(self, entry: _Connection, command: str, data: bytes | None) -> CommandResult:
+    async def _execute(
+        self, entry: _Connection, command: str, data: bytes | None, limits: OutputLimits
+    ) -> CommandResult:
         assert entry.conn is not None
         await entry.acquire_channel()
         handed_off = False
@@ -468,11 +486,15 @@ class SshPool:
                 self._spawn(self._abandon(entry, opening))
                 raise
             except (asyncssh.ChannelOpenError, *_LOST) as exc:
-                if entry.dead_at_open(exc):
+                if _never_opened(exc):
                     raise _ChannelNotOpened(str(exc)) from exc
+                if entry.dead_at_open(exc):  # after the exec request went out: maybe ran
+                    raise _unreachable(
+                        entry.system, "the connection was lost while the command ran"
+                    ) from None
                 raise _unreachable(entry.system, f"cannot open a channel ({exc})") from None
             try:
-                stdout, stderr = await process.communicate()
+                stdout, stderr = await self._collect(entry, process, command, limits)
             except BaseException:
                 handed_off = True
                 self._spawn(self._abandon(entry, opening))
@@ -481,10 +503,37 @@ class SshPool:
             if not handed_off:
                 entry.release_channel()
         return CommandResult(
-            exit_status=self._exit_status(entry, process),
-            stdout=stdout.decode(errors="replace"),
-            stderr=stderr.decode(errors="replace"),
+            exit_status=self._exit_status(entry, process), stdout=stdout, stderr=stderr
         )
+
+    async def _collect(
+        self,
+        entry: _Connection,
+        process: asyncssh.SSHClientProcess[bytes],
+        command: str,
+        limits: OutputLimits,
+    ) -> tuple[str, str]:
+        """The command's output, read within ``limits``, once it has exited."""
+        try:
+            output = await collect_output(
+                process.stdout, process.stderr, limits, entry.output_budget
+            )
+            await process.wait_closed()
+        except errors.OutputTooLarge as exc:
+            log.warning(
+                "SSH command stopped, output over %s (%d bytes): system=%s user=%s program=%.64s",
+                exc.setting,
+                exc.limit,
+                entry.system.name,
+                entry.username,
+                command.split(" ", 1)[0],  # never the arguments: they may carry secrets
+            )
+            raise
+        except (*_LOST, asyncssh.Error):
+            raise _unreachable(
+                entry.system, "the connection was lost while the command ran"
+            ) from None
+        return output
 
     @staticmethod
     def _exit_status(entry: _Connection, process: asyncssh.SSHClientProcess[bytes]) -> int:
@@ -499,17 +548,56 @@ class SshPool:
     async def _abandon(
         self, entry: _Connection, opening: asyncio.Future[asyncssh.SSHClientProcess[bytes]]
     ) -> None:
-        """Kill a command that overran or whose caller went away, then free its channel."""
+        """Stop a command that overran, printed too much or whose caller went away, then
+        free its channel.
+
+        sshd delivers signals to the command's process group (killpg). SIGTERM first:
+        srun forwards it to its job step, which SIGKILL would leave running for a while;
+        what the command still prints meanwhile is read and dropped, so its exit can be
+        seen. SIGKILL after ``_TERM_GRACE_SECONDS`` for a command that ignores SIGTERM.
+        """
         try:
             with suppress(Exception):
                 process = await opening
                 with suppress(Exception):
-                    # sshd delivers this to the command's process group (killpg)
+                    process.send_signal("TERM")
+                with suppress(Exception):
+                    await _drain(process, _TERM_GRACE_SECONDS)
+                with suppress(Exception):
                     process.send_signal("KILL")
                 process.close()
                 await asyncio.wait_for(process.wait_closed(), _CLOSE_GRACE_SECONDS)
         finally:
             entry.release_channel()
+
+
+def _never_opened(exc: BaseException) -> bool:
+    """Whether ``create_process`` failed before its channel opened, so the command cannot
+    have run and may be retried: asyncssh fails the open itself with OPEN_CONNECT_FAILED
+    when the connection goes; a loss reported otherwise came while the exec request was
+    answered, and sshd may have started the command already."""
+    return isinstance(exc, asyncssh.ChannelOpenError) and exc.code == OPEN_CONNECT_FAILED
+
+
+async def _drain(process: asyncssh.SSHClientProcess[bytes], seconds: float) -> None:
+    """Read and drop the rest of a stopped command's output and wait for its exit."""
+
+    async def drop(stream: asyncssh.SSHReader[bytes]) -> None:
+        while await stream.read(CHUNK):
+            pass
+
+    tasks = [
+        asyncio.ensure_future(drop(process.stdout)),
+        asyncio.ensure_future(drop(process.stderr)),
+    ]
+    try:
+        async with asyncio.timeout(seconds):
+            await asyncio.gather(*tasks)
+            await process.wait_closed()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _PooledRunner:
@@ -530,15 +618,17 @@ class _PooledRunner:
         *,
         stdin: str | bytes | None = None,
         timeout: float | None = None,
+        max_output: int | None = None,
     ) -> CommandResult:
         """Run ``argv`` (quoted with ``shlex.join``) and collect its output."""
-        observer = self._pool.on_command
+        pool, system, user = self._pool, self._system, self._username
+        observer = pool.on_command
         if observer is None:
-            return await self._pool._run(self._system, self._username, argv, stdin, timeout)
+            return await pool._run(system, user, argv, stdin, timeout, max_output)
         started = time.perf_counter()
         status: int | None = None
         try:
-            result = await self._pool._run(self._system, self._username, argv, stdin, timeout)
+            result = await pool._run(system, user, argv, stdin, timeout, max_output)
             status = result.exit_status
             return result
         finally:

@@ -27,6 +27,7 @@ from hpcgate.credentials import (
     identity_provider_for,
     validate_username,
 )
+from hpcgate.remote import CommandResult
 from hpcgate.sshpool import SshPool
 from tests.site import SiteEnv
 
@@ -358,3 +359,172 @@ async def test_sftp_session_reopens_after_loss(pool: SshPool, site_env: SiteEnv)
     async with pool.sftp(NAME, "hpcuser1") as sftp:
         await sftp.listdir(scratch)
     assert pool.stats()[NAME]["connects_total"] == 2
+
+
+# -- bounded output ------------------------------------------------------------------
+# A command's output is the user's to choose (their login shell prints into it): the
+# pool reads it in chunks under caps and stops the command past them. Small caps here.
+
+CAP = 256 * 1024
+STDERR_KEPT = 8 * 1024
+
+
+@pytest.fixture
+async def capped(site_env: SiteEnv) -> AsyncIterator[SshPool]:
+    system = system_for(
+        site_env,
+        max_output_bytes=CAP,
+        max_stderr_bytes=STDERR_KEPT,
+        max_output_bytes_per_user=CAP + STDERR_KEPT,
+    )
+    pool = SshPool([system])
+    await pool.start()
+    yield pool
+    await pool.close()
+
+
+def fill(size: int, char: str = "x", *, to_stderr: bool = False) -> str:
+    """Shell text printing ``size`` copies of the one-byte ``char``."""
+    return f"head -c {size} /dev/zero | tr '\\0' {char}" + (" >&2" if to_stderr else "")
+
+
+async def gone(pool: SshPool, user: str, pattern: str, *, seconds: float = 5.0) -> bool:
+    """Whether no process of ``user`` matches ``pattern`` (and no channel is held)
+    within ``seconds``."""
+    runner = pool.runner(NAME, user)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        check = await runner.run(["pgrep", "-u", user, "-f", pattern])
+        if check.exit_status == 1 and pool.stats()[NAME]["channels_in_use"] == 0:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_output_up_to_the_cap_is_returned_whole(capped: SshPool) -> None:
+    result = await capped.runner(NAME, "hpcuser1").run(["sh", "-c", fill(CAP)])
+    assert result.ok and result.stdout == "x" * CAP
+
+
+async def test_output_over_the_cap_stops_the_command(capped: SshPool) -> None:
+    tag = uuid.uuid4().hex[:12]
+    started = time.monotonic()
+    with pytest.raises(errors.OutputTooLarge) as raised:
+        await capped.runner(NAME, "hpcuser1").run(["bash", "-c", f"exec yes {tag}"])
+    assert time.monotonic() - started < 5
+    error = raised.value
+    assert error.status_code == 502 and error.limit == CAP
+    assert error.setting == "ssh.max_output_bytes"
+    assert f"exceeded {CAP} bytes (256 KiB) (ssh.max_output_bytes)" in error.message
+    assert "Retry-After" not in error.headers
+    assert await gone(capped, "hpcuser1", f"^yes {tag}"), "the flooding command still runs"
+    assert entry(capped, "hpcuser1").output_budget.held == 0
+
+
+async def test_decoded_size_counts_against_the_cap(capped: SshPool) -> None:
+    """One 4-byte character makes CPython store every character in 4 bytes: a third
+    of the cap in bytes would be over it once decoded."""
+    runner = capped.runner(NAME, "hpcuser1")
+    with pytest.raises(errors.OutputTooLarge, match=r"ssh\.max_output_bytes"):
+        await runner.run(["sh", "-c", f"printf '\\360\\237\\230\\200'; {fill(CAP // 3)}"])
+    # two-byte characters split across reads are decoded right; ASCII-range widths fit
+    latin = await runner.run(["sh", "-c", f"{fill(CAP // 2)} | sed 's/x/\\xc3\\xa9/g'"])
+    assert latin.ok and latin.stdout == "é" * (CAP // 2)
+    broken = await runner.run(["printf", "a\\377b"])
+    assert broken.stdout == "a\ufffdb"
+
+
+async def test_per_call_cap_overrides_the_setting(capped: SshPool) -> None:
+    runner = capped.runner(NAME, "hpcuser1")
+    bigger = await runner.run(["sh", "-c", fill(CAP + 1000)], max_output=CAP + 1000)
+    assert len(bigger.stdout) == CAP + 1000
+    with pytest.raises(errors.OutputTooLarge, match=r"exceeded 100 bytes \(this command's cap\)"):
+        await runner.run(["sh", "-c", fill(101)], max_output=100)
+    with pytest.raises(ValueError, match="max_output"):
+        await runner.run(["true"], max_output=0)
+
+
+async def test_stderr_keeps_head_and_tail(capped: SshPool) -> None:
+    script = f"{fill(100_000, 'A', to_stderr=True)}; {fill(100_000, 'B', to_stderr=True)}; exit 3"
+    result = await capped.runner(NAME, "hpcuser1").run(["sh", "-c", script])
+    assert result.exit_status == 3 and result.stdout == ""
+    half = STDERR_KEPT // 2
+    omitted = 200_000 - STDERR_KEPT
+    assert result.stderr == (
+        "A" * half + f"\n[... {omitted} bytes of stderr omitted ...]\n" + "B" * half
+    )
+
+
+async def test_stderr_flood_stops_the_command(capped: SshPool) -> None:
+    tag = uuid.uuid4().hex[:12]
+    with pytest.raises(errors.OutputTooLarge, match=r"error output exceeded .*max_output_bytes"):
+        await capped.runner(NAME, "hpcuser1").run(["bash", "-c", f"exec yes {tag} >&2"])
+    assert await gone(capped, "hpcuser1", f"^yes {tag}"), "the flooding command still runs"
+
+
+async def test_concurrent_outputs_of_one_user_share_a_budget(capped: SshPool) -> None:
+    """Two commands under the cap each, over the user's budget together: one is
+    stopped; another user is not affected."""
+    script = f"{fill(200_000)}; sleep 1"
+    runner = capped.runner(NAME, "hpcuser1")
+    results = await asyncio.gather(
+        runner.run(["sh", "-c", script]),
+        runner.run(["sh", "-c", script]),
+        capped.runner(NAME, "hpcuser2").run(["sh", "-c", script]),
+        return_exceptions=True,
+    )
+    failed = [r for r in results[:2] if isinstance(r, errors.OutputTooLarge)]
+    assert len(failed) == 1, results
+    assert failed[0].setting == "ssh.max_output_bytes_per_user"
+    assert "this user's running commands" in failed[0].message
+    assert all(
+        isinstance(r, CommandResult) and len(r.stdout) == 200_000
+        for r in results
+        if r not in failed
+    )
+    assert entry(capped, "hpcuser1").output_budget.held == 0
+    assert entry(capped, "hpcuser2").output_budget.held == 0
+
+
+async def test_stopped_attach_step_does_not_survive(capped: SshPool, site_env: SiteEnv) -> None:
+    """srun is stopped with SIGTERM first, which it forwards: the job step's flooding
+    processes end with it, not seconds later."""
+    runner = capped.runner(NAME, "hpcuser2")
+    submitted = await runner.run(
+        ["sbatch", "--parsable", "-t", "2", f"--chdir={site_env.scratch('hpcuser2')}",
+         "--output=/dev/null", "--wrap", "sleep 100"]
+    )  # fmt: skip
+    assert submitted.ok, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    tag = uuid.uuid4().hex[:12]
+    try:
+        deadline = time.monotonic() + 180  # the node is shared: backfill may take a while
+        while time.monotonic() < deadline:
+            state = await runner.run(["squeue", "-h", "-j", job_id, "-o", "%T"])
+            if state.stdout.strip() == "RUNNING":
+                break
+            await asyncio.sleep(0.5)
+        assert state.stdout.strip() == "RUNNING", f"job {job_id} never ran"
+        argv = ["srun", "--overlap", f"--jobid={job_id}", "--nodes=1", "--ntasks=1"]
+        with pytest.raises(errors.OutputTooLarge):
+            await runner.run([*argv, "bash", "-c", f"exec yes {tag}"])
+        assert await gone(capped, "hpcuser2", f"^yes {tag}", seconds=2.0)
+    finally:
+        await runner.run(["scancel", job_id])
+
+
+def test_output_settings_are_validated(site_env: SiteEnv) -> None:
+    from pydantic import ValidationError
+
+    def ssh(**fields: Any) -> SshSettings:
+        return SshSettings(host="h", known_hosts=site_env.known_hosts, **fields)
+
+    defaults = ssh()
+    assert (defaults.max_output_bytes, defaults.max_stderr_bytes) == (64 * 1024**2, 1024**2)
+    assert defaults.max_output_bytes_per_user == 128 * 1024**2
+    with pytest.raises(ValidationError, match=r"max_output_bytes\n.*greater than or equal"):
+        ssh(max_output_bytes=1000)
+    with pytest.raises(ValidationError, match="max_stderr_bytes must not exceed"):
+        ssh(max_output_bytes=128 * 1024, max_stderr_bytes=256 * 1024)
+    with pytest.raises(ValidationError, match="max_output_bytes_per_user must be at least"):
+        ssh(max_output_bytes_per_user=64 * 1024**2)
