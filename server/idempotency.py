@@ -20,6 +20,11 @@ The store is SQLite by default (one file, WAL, writes on a dedicated thread). Se
 server replicas share a Redis store (``hpcgate.idempotency_redis``) behind the same
 ``IdempotencyStore`` interface; there a claim of a key another replica is submitting
 waits for that replica's answer.
+
+Records are bounded per user: one user holds at most ``max_keys_per_user`` live
+(unexpired) keys on a system; a new key beyond that is a 429 whose ``Retry-After``
+says when the user's oldest key expires. Known keys still replay, and other users
+are not affected.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import re
 import sqlite3
 import time
@@ -61,6 +67,23 @@ class KeyScope:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyQuota:
+    """At most ``max_keys`` live keys per (system, user); a key lives ``ttl`` seconds."""
+
+    max_keys: int
+    ttl: float
+
+
+def quota_exceeded(quota: KeyQuota, seconds_left: float) -> errors.TooManyRequests:
+    """The 429 for a user at ``quota``, whose oldest key expires in ``seconds_left``."""
+    return errors.TooManyRequests(
+        f"You hold {quota.max_keys} live {HEADER} keys on this system, the most allowed "
+        "(idempotency.max_keys_per_user); reuse a key, or retry once the oldest expires",
+        retry_after=max(1, math.ceil(seconds_left)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
     """What the store knows of a key: the body's hash and, once known, the job."""
 
@@ -76,8 +99,11 @@ class IdempotencyStore(Protocol):
 
     async def open(self) -> None: ...
 
-    async def claim(self, scope: KeyScope, body_hash: str, now: float) -> IdempotencyRecord:
-        """The key's record, creating a pending one (``job_id`` None) if absent."""
+    async def claim(
+        self, scope: KeyScope, body_hash: str, now: float, quota: KeyQuota | None = None
+    ) -> IdempotencyRecord:
+        """The key's record, creating a pending one (``job_id`` None) if absent;
+        ``TooManyRequests`` instead of creating one beyond ``quota``."""
         ...
 
     async def complete(self, scope: KeyScope, job_id: str) -> None: ...
@@ -141,11 +167,17 @@ class SqliteIdempotencyStore:
                 " PRIMARY KEY (system, username, key))"
             )
             conn.execute("CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency(created)")
+            conn.execute(
+                "CREATE INDEX IF NOT EXISTS idempotency_user"
+                " ON idempotency(system, username, created)"
+            )
             self._conn = conn
 
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
 
-    async def claim(self, scope: KeyScope, body_hash: str, now: float) -> IdempotencyRecord:
+    async def claim(
+        self, scope: KeyScope, body_hash: str, now: float, quota: KeyQuota | None = None
+    ) -> IdempotencyRecord:
         def claim(conn: sqlite3.Connection) -> IdempotencyRecord:
             where = (scope.system, scope.username, scope.key)
             conn.execute("BEGIN IMMEDIATE")
@@ -156,6 +188,14 @@ class SqliteIdempotencyStore:
                     where,
                 ).fetchone()
                 new = row is None
+                if new and quota is not None:
+                    held, oldest = conn.execute(
+                        "SELECT COUNT(*), MIN(created) FROM idempotency"
+                        " WHERE system = ? AND username = ? AND created >= ?",
+                        (scope.system, scope.username, now - quota.ttl),
+                    ).fetchone()
+                    if held >= quota.max_keys:
+                        raise quota_exceeded(quota, oldest + quota.ttl - now)
                 if new:
                     conn.execute(
                         "INSERT INTO idempotency VALUES (?, ?, ?, ?, NULL, ?)",
@@ -279,7 +319,12 @@ class IdempotentSubmitter:
         self, scope: KeyScope, digest: str, submit: Submit, lookup: Lookup
     ) -> tuple[str, bool]:
         await self._purge()
-        record = await self.store.claim(scope, digest, time.time())
+        quota = KeyQuota(self.settings.max_keys_per_user, self.settings.ttl_hours * 3600)
+        try:
+            record = await self.store.claim(scope, digest, time.time(), quota)
+        except errors.TooManyRequests:
+            self._count("limited")
+            raise
         if record.body_hash != digest:
             self._count("conflict")
             raise _conflict()

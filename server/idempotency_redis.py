@@ -1,10 +1,13 @@
 """The Redis idempotency store: keys shared by several server replicas.
 
-A key is one hash ``<prefix>{<digest of system, user, key>}`` (fields ``body_hash``,
-``job_id``, ``created`` and, for operators, ``system``, ``username``, ``key``) that
-expires ``ttl_hours`` after its creation, beside a *lease* ``…:lease`` naming the
-claim that is submitting it. Every step is one Lua script, so claims are atomic
-across replicas (and both keys share a hash slot, for Redis Cluster).
+A key is one hash ``<prefix>{<user tag>}:<digest of system, user, key>`` (fields
+``body_hash``, ``job_id``, ``created`` and, for operators, ``system``, ``username``,
+``key``) that expires ``ttl_hours`` after its creation, beside a *lease* ``…:lease``
+naming the claim that is submitting it. Each user's live keys are also listed in a
+sorted set ``<prefix>{<user tag>}:keys`` (scored by expiry, Redis's own clock), which
+bounds them (``max_keys_per_user``). The user tag is a digest of system and user.
+Every step is one Lua script, so claims are atomic across replicas (and a user's
+keys share a hash slot, for Redis Cluster).
 
 A claim of an absent key creates it pending and takes the lease: the caller submits
 (``new``). A claim that finds the job, or another body, answers at once. A claim that
@@ -32,7 +35,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from hpcgate import errors
-from hpcgate.idempotency import IdempotencyRecord, KeyScope
+from hpcgate.idempotency import IdempotencyRecord, KeyQuota, KeyScope, quota_exceeded
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,18 @@ _POLL_MAX = 0.5
 _CLAIM = """
 local rec = redis.call('HMGET', KEYS[1], 'body_hash', 'job_id', 'created')
 if not rec[1] then
+  local limit = tonumber(ARGV[9])
+  if limit > 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+    if redis.call('ZCARD', KEYS[3]) >= limit then
+      local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+      return {'full', '', '', tostring(tonumber(oldest[2]) - now)}
+    end
+    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), KEYS[1])
+    redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  end
   redis.call('HSET', KEYS[1], 'body_hash', ARGV[1], 'created', ARGV[2],
              'system', ARGV[6], 'username', ARGV[7], 'key', ARGV[8])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -66,6 +81,7 @@ redis.call('DEL', KEYS[2])
 _RELEASE = """
 if redis.call('HEXISTS', KEYS[1], 'job_id') == 0 then
   redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('ZREM', KEYS[3], KEYS[1])
 end
 """
 _RENEW = """
@@ -137,22 +153,35 @@ class RedisIdempotencyStore:
         )
         log.info("idempotency keys in Redis at %s", redacted(self._url))
 
+    def _user_tag(self, scope: KeyScope) -> str:
+        material = json.dumps([scope.system, scope.username]).encode()
+        return f"{self._prefix}{{{hashlib.sha256(material).hexdigest()[:40]}}}"
+
     def _keys(self, scope: KeyScope) -> list[str]:
+        """The key's record and lease."""
         material = json.dumps([scope.system, scope.username, scope.key]).encode()
-        record = f"{self._prefix}{{{hashlib.sha256(material).hexdigest()[:40]}}}"
+        record = f"{self._user_tag(scope)}:{hashlib.sha256(material).hexdigest()[:40]}"
         return [record, record + ":lease"]
 
-    async def claim(self, scope: KeyScope, body_hash: str, now: float) -> IdempotencyRecord:
-        keys = self._keys(scope)
+    def _index(self, scope: KeyScope) -> str:
+        """The sorted set of the user's live keys."""
+        return f"{self._user_tag(scope)}:keys"
+
+    async def claim(
+        self, scope: KeyScope, body_hash: str, now: float, quota: KeyQuota | None = None
+    ) -> IdempotencyRecord:
+        keys = [*self._keys(scope), self._index(scope)]
         owner = uuid.uuid4().hex
         args = [body_hash, repr(now), self._ttl_ms, owner, self._lease_ms]
-        args += [scope.system, scope.username, scope.key]
+        args += [scope.system, scope.username, scope.key, quota.max_keys if quota else 0]
         pause = _POLL_FIRST
         while True:
             try:
                 state, digest, job_id, created = await self._claim(keys=keys, args=args)
             except RedisError as exc:
                 raise _unavailable(exc) from exc
+            if state == "full" and quota is not None:
+                raise quota_exceeded(quota, float(created) / 1000)
             if state != "wait":
                 break
             await asyncio.sleep(pause)  # another replica is submitting this key
@@ -191,7 +220,7 @@ class RedisIdempotencyStore:
 
     async def release(self, scope: KeyScope) -> None:
         try:
-            await self._release(keys=self._keys(scope))
+            await self._release(keys=[*self._keys(scope), self._index(scope)])
         except RedisError as exc:
             raise _unavailable(exc) from exc
 

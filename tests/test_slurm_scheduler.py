@@ -7,7 +7,7 @@ import json
 import shlex
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import asyncssh
 import pytest
@@ -30,6 +30,7 @@ from hpcgate.scheduler.slurm import (
     SlurmScheduler,
     TtlCache,
     build_sbatch_options,
+    forbidden_directive,
 )
 from hpcgate.scheduler.slurm_parsing import (
     FIELD_SEP,
@@ -37,6 +38,7 @@ from hpcgate.scheduler.slurm_parsing import (
     SQUEUE_FIELDS,
     classify_sbatch_error,
     decode_wait_status,
+    is_test_only_answer,
     merge_jobs,
     parse_accounts,
     parse_duration,
@@ -50,11 +52,13 @@ from hpcgate.scheduler.slurm_parsing import (
     parse_sinfo_nodes,
     parse_squeue,
     parse_time_limit,
+    script_directives,
     select_entries,
     slurm_message,
     split_records,
     summarize_array,
 )
+from tests.security.hostile import hostile_files
 from tests.site import SiteEnv
 
 S = FIELD_SEP
@@ -213,6 +217,140 @@ def test_extra_options_need_the_allow_list() -> None:
         build_sbatch_options(describe(extra_options={"begin": "now+1hour"}), ["comment"])
     with pytest.raises(errors.BadRequest, match="--wrap is not allowed"):
         build_sbatch_options(describe(extra_options={"wrap": "id"}), ["wrap"])
+    # sbatch takes any unambiguous prefix: an allow-listed abbreviation is refused too
+    for short in ("te", "test", "test-on", "wai", "pars", "expo", "he"):
+        with pytest.raises(errors.BadRequest, match="is not allowed"):
+            build_sbatch_options(describe(extra_options={short: None}), [short])
+    assert "--wait-all-nodes=1" in build_sbatch_options(
+        describe(extra_options={"wait-all-nodes": "1"}), ["wait-all-nodes"]
+    )
+
+
+def test_script_directives_are_read_as_sbatch_reads_them() -> None:
+    script = (
+        "#!/bin/bash\n"
+        "#SBATCH --time=5 -J 'a b' # a comment --test-only\n"
+        "\n"
+        "   # an indented comment\n"
+        '#SBATCH--mem=1G "--qos"=x\\ y\n'
+        "#SLURM -N 1\n"
+        "echo hi\n"
+        "#SBATCH --test-only\n"
+    )
+    expected = ["--time=5", "-J", "a b", "--mem=1G", "--qos=x y", "-N", "1"]
+    assert script_directives(script) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "#SBATCH --test-only",
+        "#SBATCH --te",
+        "#SBATCH --time=5 --test-only",
+        '#SBATCH "--test-only"',
+        "#SBATCH--test-only",
+        "#SLURM --test-only",
+        "#SBATCH --wait",
+        "#SBATCH -W",
+        "#SBATCH -vW",
+        "#SBATCH -J name --test-only",
+    ],
+)
+def test_directives_that_stop_sbatch_answering_are_refused(line: str) -> None:
+    refused = forbidden_directive(f"#!/bin/bash\n# c\n{line}\ntrue\n")
+    assert isinstance(refused, errors.BadRequest)
+    assert "is not allowed" in refused.message
+    assert "--test-only" in refused.message or "--wait" in refused.message
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "#SBATCH --time=5 # --test-only",
+        "#SBATCH -JW",  # job name W
+        "#SBATCH -oWout.txt",
+        "#SBATCH --wait-all-nodes=1",
+        "#SBATCH --help",  # sbatch ignores these in a script (the job is submitted)
+        "#SBATCH --version --usage --wrap=id",
+        "echo first\n#SBATCH --test-only",
+        " #SBATCH --test-only",
+    ],
+)
+def test_harmless_directives_pass(line: str) -> None:
+    assert forbidden_directive(f"#!/bin/bash\n{line}\ntrue\n") is None
+
+
+def test_tested_only_answer() -> None:
+    assert is_test_only_answer(
+        "sbatch: Job 3 to start at 2026-11-30T17:15:22 using 1 processors on nodes vm\n"
+    )
+    assert not is_test_only_answer("sbatch: error: Batch job submission failed\n")
+
+
+class Refusing:
+    """A runner that must not be used: the check comes before any command."""
+
+    username = "u"
+
+    async def run(self, argv: Sequence[str], **_: object) -> CommandResult:
+        raise AssertionError(f"ran {argv}")
+
+
+class Answering:
+    """A runner whose every command prints ``stdout``/``stderr`` (for sbatch's answer)."""
+
+    username = "u"
+
+    def __init__(self, stdout: str, stderr: str, status: int = 0) -> None:
+        self.result = CommandResult(status, stdout, stderr)
+        self.argvs: list[list[str]] = []
+
+    async def run(self, argv: Sequence[str], **_: object) -> CommandResult:
+        self.argvs.append(list(argv))
+        return self.result
+
+
+async def test_listing_window_is_capped() -> None:
+    scheduler = SlurmScheduler(SchedulerSettings(max_list_window=3 * 86400))
+    for window in ("9999d", "4d", "73h"):
+        with pytest.raises(errors.BadRequest, match="maximum of 3d") as caught:
+            await scheduler.jobs(Refusing(), time_window=window)
+        assert "max_list_window" in caught.value.message
+    # the default window (24h) is cut to a smaller cap instead of refused
+    small = SlurmScheduler(SchedulerSettings(max_list_window=3600))
+    runner = Answering("", "")
+    assert await small.jobs(runner) == []
+    sacct = next(argv for argv in runner.argvs if "sacct" in argv)
+    assert "now-3600" in sacct
+
+
+async def test_submit_answers_for_no_job_id() -> None:
+    scheduler = SlurmScheduler()
+    tested = Answering("", "sbatch: Job 7 to start at 2026-01-01T00:00:00 using 1 processors\n")
+    with pytest.raises(errors.BadRequest, match="only tested the job"):
+        await scheduler.submit(tested, describe(script_path="job.sh", script=None))
+    with pytest.raises(errors.BadGateway, match="Unexpected output from sbatch"):
+        await scheduler.submit(Answering("hello\n", ""), describe())
+    with pytest.raises(errors.BadRequest, match="--test-only"):
+        await scheduler.submit(Refusing(), describe(script="#!/bin/bash\n#SBATCH --test-only\n"))
+
+
+async def test_sbatch_path_comes_from_configuration() -> None:
+    scheduler = SlurmScheduler(SchedulerSettings(sbatch_path="/opt/slurm/bin/sbatch"))
+    runner = Answering("12\n", "")
+    assert await scheduler.submit(runner, describe(env={"PATH": "/home/u/bin", "A": "1"})) == "12"
+    assert await scheduler.submit(runner, describe(env={"A": "1"})) == "12"
+    assert runner.argvs[0][:4] == ["env", "PATH=/home/u/bin", "A=1", "/opt/slurm/bin/sbatch"]
+    assert runner.argvs[1][:3] == ["env", "A=1", "sbatch"]  # the user's own PATH finds it
+    missing = Answering("", "env: '/opt/slurm/bin/sbatch': No such file or directory\n", 127)
+    with pytest.raises(errors.BadGateway, match=r"scheduler\.sbatch_path"):
+        await scheduler.submit(missing, describe(env={"PATH": "/bin"}))
+    for bad in ("sbatch", "/usr/bin/sbatch --test-only", "/x=y", "/a\nb"):
+        with pytest.raises(ValidationError, match="sbatch_path"):
+            SchedulerSettings(sbatch_path=bad)
+    for field, value in (("max_list_window", 10), ("max_list_jobs", 0)):
+        with pytest.raises(ValidationError, match=field):
+            SchedulerSettings.model_validate({field: value})
 
 
 def test_job_ids_and_time_windows() -> None:
@@ -504,6 +642,7 @@ class HiddenListings:
 
     def __init__(self, runner: CommandRunner) -> None:
         self.runner = runner
+        self.username = runner.username
 
     async def run(
         self, argv: Sequence[str], *, stdin: str | bytes | None = None, timeout: float | None = None
@@ -514,14 +653,19 @@ class HiddenListings:
 
 
 class Anonymous:
-    """A runner that does not say whose it is (the scheduler asks ``id -un``)."""
+    """A runner that does not say whose it is: the scheduler must not ask the remote
+    shell (``id -un`` there prints what the user likes), so it remembers nothing."""
 
-    def __init__(self, runner: SshRunner) -> None:
+    def __init__(self, runner: CommandRunner) -> None:
         self.runner = runner
+        self.argvs: list[list[str]] = []
 
     async def run(
         self, argv: Sequence[str], *, stdin: str | bytes | None = None, timeout: float | None = None
     ) -> CommandResult:
+        self.argvs.append(list(argv))
+        if "squeue" in argv or "sacct" in argv:
+            return CommandResult(0, "", "")
         return await self.runner.run(argv, stdin=stdin, timeout=timeout)
 
 
@@ -547,6 +691,14 @@ async def workdir(site_env: SiteEnv, user1: SshRunner) -> AsyncIterator[str]:
     assert (await user1.run(["mkdir", "-p", path])).ok
     yield path
     await user1.run(["rm", "-rf", path])
+
+
+@pytest.fixture
+def honest_user2() -> Iterator[None]:
+    """hpcuser2's shell as it is for the test: other suites plant hostile programs in
+    that home under the same lock, so none is there meanwhile."""
+    with hostile_files("hpcuser2", {}):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -827,13 +979,12 @@ async def test_script_path_and_extra_options(
 
 
 @pytest.mark.site
-@pytest.mark.parametrize("says_who", [True, False], ids=["named-runner", "anonymous-runner"])
 async def test_a_job_just_submitted_is_never_not_found(
-    user1: SshRunner, user2: SshRunner, workdir: str, tag: str, says_who: bool
+    user1: SshRunner, user2: SshRunner, workdir: str, tag: str, honest_user2: None
 ) -> None:
     scheduler = SlurmScheduler(SchedulerSettings(timeout=30))
-    first: CommandRunner = user1 if says_who else Anonymous(user1)
-    second: CommandRunner = user2 if says_who else Anonymous(user2)
+    first: CommandRunner = user1
+    second: CommandRunner = user2
     job_id = await scheduler.submit(
         first,
         describe(working_directory=workdir, name=f"{tag}-now", script="#!/bin/bash\ntrue\n"),
@@ -853,11 +1004,26 @@ async def test_a_job_just_submitted_is_never_not_found(
     with pytest.raises(errors.BadRequest):
         await scheduler.job(first, "1;id")
     await wait_for(scheduler, first, job_id, ENDED)
+    # a runner that does not say whose it is: its shell is never asked, nothing kept
+    anonymous = Anonymous(user1)
+    other = await scheduler.submit(
+        anonymous,
+        describe(working_directory=workdir, name=f"{tag}-anon", script="#!/bin/bash\ntrue\n"),
+    )
+    with pytest.raises(errors.NotFound):
+        await scheduler.job(anonymous, other)
+    assert all(argv[:1] != ["id"] for argv in anonymous.argvs), anonymous.argvs
+    await wait_for(scheduler, first, other, ENDED)
 
 
 @pytest.mark.site
 async def test_other_users_cannot_touch_a_job(
-    scheduler: SlurmScheduler, user1: SshRunner, user2: SshRunner, workdir: str, tag: str
+    scheduler: SlurmScheduler,
+    user1: SshRunner,
+    user2: SshRunner,
+    workdir: str,
+    tag: str,
+    honest_user2: None,
 ) -> None:
     job_id = await scheduler.submit(
         user1,

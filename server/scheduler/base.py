@@ -124,10 +124,12 @@ class Scheduler(Protocol):
         account: str | None = None,
         time_window: str | None = None,
     ) -> list[Job]:
-        """Active jobs plus those that ended within ``time_window`` (default 24h).
+        """Active jobs plus those that ended within ``time_window`` (default 24h, cut to
+        the system's ``max_list_window``; a longer window is a ``BadRequest``).
 
         Only the user's own jobs unless ``all_users`` (then all the scheduler shows
-        the user). ``name`` and ``account`` filter by exact match.
+        the user; the routes apply ``hpcgate.scheduler.visibility`` on top). ``name``
+        and ``account`` filter by exact match.
         """
         ...
 

@@ -22,7 +22,14 @@ commas) without any shell or ``--export`` list parsing, whatever the script's
 interpreter, and for ``scriptPath`` jobs too; the script itself is not modified, so
 ``metadata`` returns it as submitted. Names that configure Slurm clients
 (``SBATCH_*``, ``SLURM_*``, ...) are refused by the model. When ``PATH`` is among
-the variables, sbatch is called by its absolute path (looked up once).
+the variables, sbatch is called by its absolute path, ``scheduler.sbatch_path`` from
+the configuration.
+
+Trust: everything a command prints comes through the calling user's login shell,
+which that user controls. So nothing one user's commands print is kept for another
+user: the ended-jobs cache, the submissions just made and the cluster name seen are
+all keyed by the runner's user (the token's account, never ``id -un``), and tool
+paths come from the configuration. A user can only ever mislead themselves.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import posixpath
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 from hpcgate import errors
@@ -65,7 +72,9 @@ from hpcgate.scheduler.slurm_parsing import (
     classify_sbatch_error,
     drop_stale,
     format_fields,
+    is_test_only_answer,
     is_unavailable,
+    job_sort_key,
     merge_jobs,
     parse_accounts,
     parse_id,
@@ -78,6 +87,7 @@ from hpcgate.scheduler.slurm_parsing import (
     parse_sinfo_nodes,
     parse_squeue,
     parse_time_limit,
+    script_directives,
     select_entries,
     slurm_message,
     split_records,
@@ -110,7 +120,19 @@ FORBIDDEN_EXTRA_OPTIONS = frozenset(
         "wrap",
     }
 )
-"""Options that would change how this module talks to sbatch: never allowed."""
+"""Options that would change how this module talks to sbatch: never allowed (nor any
+abbreviation of them, which sbatch's option parser would accept)."""
+
+SCRIPT_FORBIDDEN_OPTIONS: dict[str, str] = {
+    "test-only": "sbatch would only test the job and submit nothing",
+    "wait": "sbatch would not answer until the job ends",
+}
+"""Options that sbatch honours in a script's ``#SBATCH`` lines and that would stop it
+from answering with a job id at once (``--help``, ``--usage``, ``--version`` and
+``--wrap`` are ignored there; the command line's ``--parsable`` stays)."""
+_SCRIPT_FORBIDDEN_SHORT = {"W": "wait"}
+# sbatch 22.05's short options that take an argument: the rest of the word is its value
+_SHORT_WITH_ARGUMENT = frozenset("aAbcCdDeFGiJLmMnNopqStwx")
 
 FINAL_STATES = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "DEADLINE"}
@@ -121,6 +143,36 @@ which requeue): answers in these states are cached for ``ended_ttl`` seconds."""
 _INVALID_JOB = "Invalid job id specified"
 _DENIED = ("Access/permission denied", "Invalid user id", "Access denied")
 _FILTER = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+
+
+def _abbreviates(name: str, options: Iterable[str]) -> str | None:
+    """The option of ``options`` that ``--name`` stands for in getopt_long (which takes
+    any unambiguous prefix), if any."""
+    return next((option for option in options if name and option.startswith(name)), None)
+
+
+def forbidden_directive(script: str) -> errors.BadRequest | None:
+    """The error for a script whose ``#SBATCH`` lines hold an option that would stop
+    sbatch from submitting or from answering at once (``--test-only``, ``--wait``,
+    ``-W``, abbreviations and bundles included), or None."""
+    for argument in script_directives(script):
+        option = None
+        if argument.startswith("--"):
+            option = _abbreviates(argument[2:].split("=", 1)[0], SCRIPT_FORBIDDEN_OPTIONS)
+        elif argument.startswith("-"):
+            for letter in argument[1:]:
+                if letter in _SCRIPT_FORBIDDEN_SHORT:
+                    option = _SCRIPT_FORBIDDEN_SHORT[letter]
+                    break
+                if letter in _SHORT_WITH_ARGUMENT:
+                    break
+        if option is not None:
+            shown = argument if len(argument) <= 40 else argument[:37] + "..."
+            return errors.BadRequest(
+                f"The script's directive '#SBATCH {shown}' is not allowed: --{option} "
+                f"({SCRIPT_FORBIDDEN_OPTIONS[option]})"
+            )
+    return None
 
 
 def build_sbatch_options(
@@ -134,7 +186,7 @@ def build_sbatch_options(
     """
     options = ["--parsable"]
     for name, value in (description.extra_options or {}).items():
-        if name in FORBIDDEN_EXTRA_OPTIONS or name not in allowed_extra:
+        if _abbreviates(name, FORBIDDEN_EXTRA_OPTIONS) or name not in allowed_extra:
             raise errors.BadRequest(f"The sbatch option --{name} is not allowed on this system")
         options.append(f"--{name}" if value is None else f"--{name}={value}")
     fields: list[tuple[str, object]] = [
@@ -167,7 +219,9 @@ def build_sbatch_options(
 
 
 def _user_key(runner: CommandRunner) -> str | None:
-    """The runner's user if it says so (a ``username`` attribute); else ask ``id -un``."""
+    """The runner's user (the token's account). Never asked of the remote shell: what
+    ``id -un`` prints there is the user's to forge. None for a runner that does not
+    say (then nothing is remembered for it)."""
     user = getattr(runner, "username", None)
     return user if isinstance(user, str) and user else None
 
@@ -233,6 +287,14 @@ class RecentSubmissions(TtlCache[tuple[str | None, str], Job]):
         return [job for (owner, _), job in self.items() if owner == user]
 
 
+def _duration(seconds: int) -> str:
+    """``7d``, ``36h`` or ``90m``: a window in the units ``time_window`` takes."""
+    for unit, size in (("d", 86400), ("h", 3600)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds // 60}m"
+
+
 def _settled(entries: Sequence[Job], accounted: Sequence[Job]) -> bool:
     """Both the controller and accounting show every entry (and step) in a final state."""
     if len(accounted) != len(entries):
@@ -240,10 +302,6 @@ def _settled(entries: Sequence[Job], accounted: Sequence[Job]) -> bool:
     jobs = [*entries, *accounted]
     steps = [task for job in accounted for task in job.tasks or []]
     return all(item.status.state in FINAL_STATES for item in [*jobs, *steps])
-
-
-async def _value(value: T) -> T:
-    return value
 
 
 async def _gather(*calls: Awaitable[Any]) -> list[Any]:
@@ -267,12 +325,12 @@ class SlurmScheduler:
     ) -> None:
         self.settings = settings or SchedulerSettings()
         self.recent = RecentSubmissions(ttl=recent_ttl)
-        # Accounting's settled records of ended jobs (a sacct call costs ~90 ms), by job
-        # id. Used only once squeue has shown the caller the job, ended: that lookup
-        # is also the visibility check, so the cache is safe to share between users.
-        self.ended: TtlCache[str, list[Job]] = TtlCache(ttl=ended_ttl)
-        self._sbatch_path: str | None = None
-        self._cluster = ""
+        # Accounting's settled records of ended jobs (a sacct call costs ~90 ms), by
+        # (user, job id): what a user's sacct printed is that user's to forge, so it
+        # only ever answers that user.
+        self.ended: TtlCache[tuple[str, str], list[Job]] = TtlCache(ttl=ended_ttl)
+        # The cluster name each user's squeue showed (for jobs just submitted).
+        self._clusters: TtlCache[str, str] = TtlCache(ttl=3600.0)
 
     # ------------------------------------------------------------ plumbing
 
@@ -296,8 +354,9 @@ class SlurmScheduler:
                 return []
             raise unexpected("squeue", result.exit_status, result.stderr)
         jobs = self._parsed("squeue", lambda: parse_squeue(result.stdout))
-        if jobs:
-            self._cluster = jobs[0].job.cluster
+        user = _user_key(runner)
+        if jobs and user is not None and jobs[0].job.cluster:
+            self._clusters.put(user, jobs[0].job.cluster)
         return jobs
 
     async def _sacct(self, runner: CommandRunner, *selection: str) -> list[Job]:
@@ -307,47 +366,48 @@ class SlurmScheduler:
             raise unexpected("sacct", result.exit_status, result.stderr)
         return self._parsed("sacct", lambda: parse_sacct(result.stdout))
 
-    async def _sbatch_command(self, runner: CommandRunner) -> str:
-        """sbatch's absolute path, for when the job's own PATH is set in its env."""
-        if self._sbatch_path is None:
-            found = await self._run(runner, ["sh", "-c", "command -v sbatch"])
-            path = found.stdout.strip()
-            valid = found.ok and path.startswith("/") and not re.search(r"[=\s\x00-\x1f]", path)
-            self._sbatch_path = path if valid else "sbatch"
-        return self._sbatch_path
-
-    async def _whoami(self, runner: CommandRunner) -> str | None:
-        """The runner's user name: its ``username`` attribute, or ``id -un`` (~5 ms)."""
-        user = _user_key(runner)
-        if user is None:
-            found = await self._run(runner, ["id", "-un"])
-            user = found.stdout.strip() if found.ok and found.stdout.strip() else None
-        return user
-
     # ------------------------------------------------------------ jobs
 
     async def submit(
         self, runner: CommandRunner, description: JobDescription, *, comment: str | None = None
     ) -> str:
-        """``sbatch --parsable``; the script on stdin, or ``scriptPath`` as argument."""
+        """``sbatch --parsable``; the script on stdin, or ``scriptPath`` as argument.
+
+        A script whose directives would make sbatch submit nothing or not answer
+        (``#SBATCH --test-only``, ``--wait``) is a ``BadRequest`` before anything
+        runs; for a ``scriptPath`` script, sbatch's "Job N to start at" answer is.
+        """
         options = build_sbatch_options(description, self.settings.extra_sbatch_options, comment)
+        if description.script is not None:
+            refused = forbidden_directive(description.script)
+            if refused is not None:
+                raise refused
+        sbatch = "sbatch"
         if description.env:
-            sbatch = "sbatch"
-            if "PATH" in description.env:
-                sbatch = await self._sbatch_command(runner)
+            if "PATH" in description.env:  # env would look sbatch up in the job's PATH
+                sbatch = self.settings.sbatch_path
             assignments = [f"{name}={value}" for name, value in description.env.items()]
             argv = ["env", *assignments, sbatch, "--export=ALL", *options]
         else:
-            argv = ["sbatch", *options]
-        user = _user_key(runner)
-        # who submitted is learned alongside sbatch when the runner does not say
-        result, user = await _gather(
-            self._run(runner, argv, stdin=description.script),
-            self._whoami(runner) if user is None else _value(user),
-        )
+            argv = [sbatch, *options]
+        result = await self._run(runner, argv, stdin=description.script)
         if not result.ok:
+            if sbatch != "sbatch" and result.exit_status in (126, 127):
+                raise errors.BadGateway(
+                    f"sbatch cannot be run at {sbatch} (scheduler.sbatch_path): "
+                    f"{slurm_message(result.stderr)}"
+                )
             raise classify_sbatch_error(result.stderr)
-        job_id, cluster = self._parsed("sbatch", lambda: parse_sbatch_output(result.stdout))
+        try:
+            job_id, cluster = parse_sbatch_output(result.stdout)
+        except SlurmOutputError as exc:
+            if is_test_only_answer(result.stderr):
+                raise errors.BadRequest(
+                    "sbatch only tested the job (--test-only in the script's #SBATCH "
+                    f"lines?) and submitted nothing: {slurm_message(result.stderr)}"
+                ) from None
+            raise errors.BadGateway(f"Unexpected output from sbatch: {exc}") from exc
+        user = _user_key(runner)
         if user is not None:
             self.recent.add(user, self._submitted(job_id, cluster, description, user))
         return job_id
@@ -370,7 +430,7 @@ class SlurmScheduler:
             ),
             account=description.account,
             allocation_nodes=count,
-            cluster=cluster or self._cluster,
+            cluster=cluster or self._clusters.get(user) or "",
             nodes="",
             partition=description.partition or "",
             user=user,
@@ -383,7 +443,9 @@ class SlurmScheduler:
         entries = select_entries(job_id, [a.job for a in await self._squeue(runner, "-j", job_id)])
         if entries and not any(e.status.state in TERMINAL_STATES for e in entries):
             return entries
-        settled = self.ended.get(job_id) if entries else None
+        user = _user_key(runner)
+        key = (user, job_id) if user is not None else None
+        settled = self.ended.get(key) if entries and key is not None else None
         if settled is not None and {e.job_id for e in settled} == {e.job_id for e in entries}:
             return merge_jobs(entries, settled)
         try:
@@ -396,14 +458,12 @@ class SlurmScheduler:
         accounted = select_entries(job_id, accounted)
         merged = select_entries(job_id, merge_jobs(entries, accounted))
         if merged:
-            if entries and _settled(entries, accounted):
-                self.ended.put(job_id, accounted)
+            if key is not None and entries and _settled(entries, accounted):
+                self.ended.put(key, accounted)
             return merged
-        if len(self.recent):
-            user = await self._whoami(runner)
-            recent = self.recent.get((user, job_id)) if user is not None else None
-            if recent is not None:
-                return [recent]
+        recent = self.recent.get((user, job_id)) if user is not None else None
+        if recent is not None:
+            return [recent]
         raise errors.NotFound(f"Job not found: {job_id}")
 
     async def job(self, runner: CommandRunner, job_id: str) -> Job:
@@ -423,8 +483,21 @@ class SlurmScheduler:
         account: str | None = None,
         time_window: str | None = None,
     ) -> list[Job]:
-        """Active jobs (squeue) and those ended within ``time_window`` (sacct), merged."""
+        """Active jobs (squeue) and those ended within ``time_window`` (sacct), merged.
+
+        A window longer than ``max_list_window`` is a ``BadRequest`` naming the cap (the
+        default window is cut to it); so is a listing whose output is over the SSH
+        output cap (the request chose its size: a shorter window or a filter helps).
+        """
         seconds = time_window_seconds(time_window)
+        cap = self.settings.max_list_window
+        if not time_window:
+            seconds = min(seconds, cap)
+        elif seconds > cap:
+            raise errors.BadRequest(
+                f"time_window {time_window!r} is longer than this system's maximum of "
+                f"{_duration(cap)} (scheduler.max_list_window)"
+            )
         active_sel: list[str] = [] if all_users else ["--me"]
         accounted_sel = ["-S", f"now-{seconds}", "-E", "now", *(["-a"] if all_users else [])]
         for option, value in (("name", name), ("account", account)):
@@ -435,15 +508,21 @@ class SlurmScheduler:
             if "," not in value:  # both commands take lists: filter exactly below
                 active_sel.append(f"--{option}={value}")
                 accounted_sel.append(f"--{option}={value}")
-        active, accounted, user = await _gather(
-            self._squeue(runner, *active_sel),
-            self._sacct(runner, *accounted_sel),
-            self._whoami(runner) if len(self.recent) else _value(None),
-        )
+        try:
+            active, accounted = await _gather(
+                self._squeue(runner, *active_sel), self._sacct(runner, *accounted_sel)
+            )
+        except errors.OutputTooLarge as exc:
+            raise errors.BadRequest(
+                f"The job listing is too large: {exc.message}; narrow it with a shorter "
+                "time_window or a name or account filter"
+            ) from exc
+        user = _user_key(runner)
         listed = merge_jobs([a.job for a in active], accounted)
         known = {job.job_id.split("_", 1)[0] for job in listed}
         if user is not None:
             listed.extend(job for job in self.recent.of_user(user) if job.job_id not in known)
+            listed.sort(key=job_sort_key)
         return [
             job
             for job in listed
@@ -548,13 +627,12 @@ class SlurmScheduler:
         return parse_job_metadata(job_id, record, script)
 
     async def _forgotten_metadata(self, runner: CommandRunner, job_id: str) -> JobMetadata:
-        accounted, me = await _gather(
-            self._sacct(runner, "-X", "-j", job_id), self._run(runner, ["id", "-un"])
-        )
+        accounted = await self._sacct(runner, "-X", "-j", job_id)
         entries = select_entries(job_id, accounted)
         if not entries:
             raise errors.NotFound(f"Job not found: {job_id}")
-        if not me.ok or entries[0].user != me.stdout.strip():
+        user = _user_key(runner)
+        if user is None or entries[0].user != user:
             raise errors.Forbidden(f"Not allowed to read the metadata of job {job_id}")
         return JobMetadata(job_id=job_id)
 
@@ -562,7 +640,9 @@ class SlurmScheduler:
         """``srun --overlap --jobid=N --nodes=1 --ntasks=1 bash -c COMMAND``, waited for.
 
         The command is one argv element, interpreted by bash inside the job (as the
-        user asked); it must finish within the scheduler timeout.
+        user asked); it must finish within the scheduler timeout. Its standard output
+        goes to /dev/null inside the job (the API answers none, so none crosses SSH,
+        however much it prints); its standard error feeds the error message.
         """
         job_id = validate_job_id(job_id)
         command = validate_attach_command(command)
@@ -573,7 +653,8 @@ class SlurmScheduler:
                 raise errors.NotFound(f"Job not found: {job_id}")
             target = active[0].raw_id
         argv = ["srun", "--overlap", f"--jobid={target}", "--nodes=1", "--ntasks=1"]
-        result = await self._run(runner, [*argv, "bash", "-c", command])
+        quiet = ["bash", "-c", 'exec bash -c "$1" >/dev/null', "hpcgate-attach", command]
+        result = await self._run(runner, [*argv, *quiet])
         if result.ok:
             return
         stderr = result.stderr

@@ -458,6 +458,72 @@ def parse_sbatch_output(stdout: str) -> tuple[str, str | None]:
     return match.group(1), match.group(2)
 
 
+_TESTED_ONLY = re.compile(r"\bJob \d+ to start at\b")
+
+
+def is_test_only_answer(stderr: str) -> bool:
+    """sbatch only tested the job (``--test-only``, e.g. from a script's directives):
+    it exits 0, prints no job id and says when the job would start."""
+    return bool(_TESTED_ONLY.search(stderr))
+
+
+DIRECTIVE_PREFIXES = ("#SBATCH", "#SLURM")
+
+
+def script_directives(script: str) -> list[str]:
+    """The arguments sbatch takes from the script's ``#SBATCH`` (and ``#SLURM``) lines.
+
+    As sbatch 22.05 reads them: a line that starts with the magic word (no space
+    needed after it) gives arguments; the first line whose first non-blank character
+    is not ``#`` ends the directives; quotes group, a backslash escapes the next
+    character and an unquoted ``#`` starts a comment.
+    """
+    arguments: list[str] = []
+    for line in script.split("\n"):
+        prefix = next((p for p in DIRECTIVE_PREFIXES if line.startswith(p)), None)
+        if prefix is None:
+            stripped = line.lstrip()
+            if stripped and not stripped.startswith("#"):
+                break
+            continue
+        arguments.extend(_directive_arguments(line[len(prefix) :]))
+    return arguments
+
+
+def _directive_arguments(text: str) -> list[str]:
+    arguments: list[str] = []
+    current: list[str] | None = None
+    quote = ""
+    escaped = False
+    for char in text:
+        if current is None:
+            if char.isspace():
+                continue
+            current = []
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+            continue
+        elif quote:
+            if char == quote:
+                quote = ""
+                continue
+        elif char in "\"'":
+            quote = char
+            continue
+        elif char == "#":
+            break
+        elif char.isspace():
+            arguments.append("".join(current))
+            current = None
+            continue
+        current.append(char)
+    if current is not None and (current or quote):
+        arguments.append("".join(current))
+    return arguments
+
+
 # ---------------------------------------------------------------- errors
 
 _UNAVAILABLE = (
@@ -493,6 +559,9 @@ _SBATCH_CALLER_FAULTS = (
     "not a valid",
     "script is empty",
     "exceeds the limit",
+    "is ambiguous",
+    "doesn't allow an argument",
+    "requires an argument",
 )
 
 _PROGRAM = re.compile(r"^(?:sbatch|srun|salloc|scancel|squeue|sacct|scontrol|sinfo|sacctmgr): ")

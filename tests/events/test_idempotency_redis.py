@@ -15,7 +15,13 @@ from redis import asyncio as aioredis
 
 from hpcgate import errors
 from hpcgate.config import ConfigError, IdempotencySettings, load_settings
-from hpcgate.idempotency import IdempotencyRecord, IdempotentSubmitter, KeyScope
+from hpcgate.idempotency import (
+    IdempotencyRecord,
+    IdempotentSubmitter,
+    KeyQuota,
+    KeyScope,
+    stamp,
+)
 from hpcgate.idempotency_redis import RedisIdempotencyStore, redacted
 from hpcgate.scheduler.models import JobSubmitRequest
 
@@ -116,6 +122,65 @@ async def test_keys_expire_after_ttl(stores: StoreFactory, redis_url: str) -> No
     # the configured ttl_hours reaches the store
     hours = await stores(ttl_seconds=IdempotencySettings().ttl_hours * HOUR)
     assert hours._ttl_ms == 168 * 3600 * 1000
+
+
+async def test_live_keys_are_capped_per_user(stores: StoreFactory, redis_url: str) -> None:
+    """A user holds at most ``max_keys`` live keys across replicas: the next new key
+    is a 429 with Retry-After (when their oldest expires); known keys still answer,
+    other users and systems are not affected, and forgotten or expired keys free
+    their place."""
+    replicas = [await stores(ttl_seconds=1.5), await stores(ttl_seconds=1.5)]
+    quota = KeyQuota(max_keys=3, ttl=1.5)
+    alice = [KeyScope("c", "alice", f"k{i}") for i in range(5)]
+    for i, scope in enumerate(alice[:3]):
+        assert (await in_task(replicas[i % 2].claim(scope, "h", time.time(), quota))).new
+        await replicas[i % 2].complete(scope, str(i))
+    for store in replicas:
+        with pytest.raises(errors.TooManyRequests) as caught:
+            await in_task(store.claim(alice[3], "h", time.time(), quota))
+        assert 1 <= int(caught.value.headers["Retry-After"]) <= 2
+        assert "max_keys_per_user" in caught.value.message
+    assert (await in_task(replicas[1].claim(alice[0], "h", time.time(), quota))).job_id == "0"
+    for other in (KeyScope("c", "bob", "k0"), KeyScope("d", "alice", "k0")):
+        assert (await in_task(replicas[0].claim(other, "h", time.time(), quota))).new
+    # without a quota (the submitter always passes one) nothing is counted
+    assert (await in_task(replicas[0].claim(alice[4], "h", time.time()))).new
+    await replicas[0].release(alice[4])
+    client = aioredis.from_url(redis_url)
+    try:
+        index = replicas[0]._index(alice[0])
+        assert await client.zcard(index) == 3
+        assert 0 < await client.pttl(index) <= 1500
+        [record, _] = replicas[0]._keys(alice[0])
+        assert index.split("}")[0] == record.split("}")[0]  # one hash slot per user
+    finally:
+        await client.aclose()
+    await asyncio.sleep(1.6)  # all three expired
+    for scope in alice[3:5]:
+        assert (await in_task(replicas[0].claim(scope, "h", time.time(), quota))).new
+    await replicas[0].release(alice[4])  # a pending key forgotten frees its place
+    assert (await in_task(replicas[1].claim(alice[0], "h", time.time(), quota))).new
+    assert (await in_task(replicas[1].claim(alice[1], "h", time.time(), quota))).new
+    with pytest.raises(errors.TooManyRequests):
+        await in_task(replicas[1].claim(alice[2], "h", time.time(), quota))
+
+
+async def test_submitter_passes_the_quota(stores: StoreFactory) -> None:
+    submitter = IdempotentSubmitter(await stores(), IdempotencySettings(max_keys_per_user=1))
+    stamped: dict[str, str] = {}
+
+    async def submit(comment: str) -> str:
+        stamped[comment] = str(2000 + len(stamped))
+        return stamped[comment]
+
+    async def lookup(comment: str, since: int) -> list[str]:
+        return [stamped[comment]] if comment in stamped else []
+
+    assert await submitter.submit(SCOPE, request("a"), submit, lookup) == ("2000", False)
+    with pytest.raises(errors.TooManyRequests):
+        await submitter.submit(KeyScope("c", "alice", "other"), request("a"), submit, lookup)
+    assert await submitter.submit(SCOPE, request("a"), submit, lookup) == ("2000", True)
+    assert stamped == {stamp(SCOPE): "2000"}
 
 
 async def test_fifty_concurrent_claims_across_replicas_one_winner(
