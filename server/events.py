@@ -28,7 +28,10 @@ Stream format (``text/event-stream``)::
   and a job whose terminal event you already have is not sent again.
 * Comment lines (``: keep-alive``) every ``heartbeat_seconds``.
 * A job stream closes after its terminal event; a ``jobs=`` stream after every
-  listed job's; any stream after ``max_stream_seconds`` (reconnect and resume).
+  listed job's; any stream after ``max_stream_seconds``, or when its client falls
+  ``QUEUE_LIMIT`` events behind (reconnect and resume).
+* Each open stream and long-poll holds one of its user's ``max_subscribers_per_user``
+  places (``JobWatcher.acquire``), given back whenever it ends, however it ends.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Literal
 
 import anyio
@@ -47,7 +50,7 @@ from starlette.types import Receive, Scope, Send
 
 from hpcgate import errors
 from hpcgate.config import WatcherSettings
-from hpcgate.watcher import JobEvent, JobView, JobWatcher
+from hpcgate.watcher import JobEvent, JobView, JobWatcher, Slot
 
 KEEP_ALIVE = b": keep-alive\n\n"
 SYNCED = b"event: synced\ndata: {}\n\n"
@@ -77,16 +80,26 @@ def parse_event_id(value: str | None) -> int | None:
 
 class EventStreamResponse(StreamingResponse):
     """An SSE response that stops its generator as soon as the client disconnects,
-    whatever the server's ASGI version (so subscriptions end with the connection)."""
+    whatever the server's ASGI version (so subscriptions end with the connection).
+
+    ``on_close`` runs once the response is done, however it ends (also when the
+    generator never started, whose own ``finally`` would then not run)."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[bytes], status_code: int = 200) -> None:
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        status_code: int = 200,
+        *,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(
             content,
             status_code=status_code,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -101,9 +114,13 @@ class EventStreamResponse(StreamingResponse):
                 await self.listen_for_disconnect(receive)
                 group.cancel_scope.cancel()
         finally:
-            close = getattr(self.body_iterator, "aclose", None)
-            if close is not None:
-                await close()
+            try:
+                close = getattr(self.body_iterator, "aclose", None)
+                if close is not None:
+                    await close()
+            finally:
+                if self.on_close is not None:
+                    self.on_close()
 
 
 async def job_events(
@@ -113,14 +130,21 @@ async def job_events(
     *,
     last_id: int | None,
     failures: Mapping[str, errors.ApiError] | None = None,
+    slot: Slot | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body for ``views`` (None: all of ``user``'s jobs).
 
-    The subscription lives exactly as long as the body is iterated.
+    The subscription lives exactly as long as the body is iterated; ``slot`` (the
+    stream's place in the budgets) is released when it ends.
     """
     settings: WatcherSettings = watcher.settings
     follow_all = views is None
-    sub = watcher.subscribe(user, None if views is None else list(views), "sse")
+    try:
+        sub = watcher.subscribe(user, None if views is None else list(views), "sse")
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
     try:
         yield RETRY
         if views is None:
@@ -145,7 +169,7 @@ async def job_events(
         deadline = time.monotonic() + settings.max_stream_seconds
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or sub.overflowed:
                 return
             try:
                 async with asyncio.timeout(min(settings.heartbeat_seconds, remaining)):
@@ -165,6 +189,8 @@ async def job_events(
                 open_ids.add(view_id)
     finally:
         watcher.unsubscribe(sub)
+        if slot is not None:
+            slot.release()
 
 
 async def _disconnected(request: Request) -> None:
@@ -204,7 +230,25 @@ async def wait_for_job(
 
     ``change``: a state newer than event ``since``; else a state other than
     ``state``; else any change after the call. ``terminal``: the job ended.
+    The wait holds one of the user's places (``TooManyRequests`` when all are taken).
     """
+    slot = watcher.acquire(user, "longpoll")
+    try:
+        return await _wait(watcher, request, user, job_id, mode, timeout, since, state)
+    finally:
+        slot.release()
+
+
+async def _wait(
+    watcher: JobWatcher,
+    request: Request,
+    user: str,
+    job_id: str,
+    mode: WaitMode,
+    timeout: float,
+    since: int | None,
+    state: str | None,
+) -> tuple[JobView, WaitResult]:
     started = time.monotonic()
     view = await watcher.view(user, job_id)
     if mode == "change" and since is None and state is None:

@@ -2,14 +2,21 @@
 
 Clients (event streams, long-polls, repeated GETs) register interest in jobs; per
 round the watcher runs, per *scope*, ONE ``squeue -t all`` for the watched jobs and,
-when some of them ended (or left the controller), ONE ``sacct -j`` for those, then
-publishes each job's state changes to its subscribers. A scope is the identity the
-commands run as: the system's service identity (``service_user``, one scope for all
-users), or each interested user in per-user mode.
+when some of them ended, left the controller or were never seen, ONE ``sacct -j``
+for those, then publishes each job's state changes to its subscribers. A scope is
+the identity the commands run as: the system's service identity (``service_user``,
+one scope for all users), or each interested user in per-user mode.
 
+* Trust: a scope's views are fed only by commands run as the scope's own identity.
+  Everything a command prints as user B comes through B's login shell, which B
+  controls, so an answer B's session gave never reaches a view other users read:
+  in the service scope only the service identity's rounds write views (a caller's
+  own lookup, ``observe(...)``, only asks for the job to be watched); a per-user
+  scope is fed and read by its user alone. Jobs the rounds have not seen are looked
+  up by the next round, as the scope's identity, all in the same batched commands.
 * Selection: ``squeue -u <users>`` when someone follows all of a user's jobs, else
   ``squeue -j <ids>`` for the watched ids (ids whose job ended and settled are no
-  longer polled: they cannot change).
+  longer polled: they cannot change; ids no command knows are dropped).
 * Interval: ``min_interval`` while a watched job is pending/running/completing, or
   changed in the last round, or a new waiter needs a first observation;
   ``max_interval`` when only ended jobs are watched; no rounds without interest. Two
@@ -22,8 +29,12 @@ users), or each interested user in per-user mode.
 * Events: one per observed change of a job's state (for an array: of the summary's
   or any task's state). Ids are increasing per system (milliseconds since the epoch,
   bumped when equal), so they also increase across restarts of the server.
-* Ownership: views carry the job's owner; every consumer API takes the caller's user
-  name and answers only the caller's own jobs (``NotFound`` otherwise).
+* Visibility: views carry the job's owner; every consumer API takes the caller's
+  user name and answers per ``hpcgate.scheduler.visibility`` (``NotFound``, as for
+  an unknown id, otherwise). All-jobs subscriptions are the caller's own jobs.
+* Bounds: open streams and long-polls per user and in all (``acquire``: 429/503),
+  leases per user (the oldest go), views kept after interest ends only for their
+  owner and at most ``max_leases_per_user`` per owner, events queued per subscriber.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -51,10 +62,18 @@ from hpcgate.scheduler.slurm_parsing import (
     merge_jobs,
     summarize_array,
 )
+from hpcgate.scheduler.visibility import JobVisibility, ensure_visible, may_see
 
 log = logging.getLogger(__name__)
 
 RunnerFactory = Callable[[str], CommandRunner]
+
+QUEUE_LIMIT = 1024
+"""Events queued for one subscriber; a consumer that falls this far behind is
+closed (an SSE client resumes with ``Last-Event-ID``)."""
+
+SLOT_RETRY_AFTER = 5
+"""Retry-After (seconds) of a 429 for a user's full stream budget."""
 
 
 def is_terminal(job: Job) -> bool:
@@ -101,7 +120,16 @@ class JobEvent:
 class JobView:
     """What the watcher knows of one watched id."""
 
-    __slots__ = ("final", "history", "job", "observed", "sig", "terminal_at", "view_id")
+    __slots__ = (
+        "final",
+        "history",
+        "job",
+        "observed",
+        "retain",
+        "sig",
+        "terminal_at",
+        "view_id",
+    )
 
     def __init__(self, view_id: str, job: Job, event: JobEvent, observed: float, history: int):
         self.view_id = view_id
@@ -111,6 +139,8 @@ class JobView:
         self.history: deque[JobEvent] = deque([event], maxlen=history)
         self.terminal_at: float | None = observed if is_terminal(job) else None
         self.final = False
+        # its owner showed interest: kept for retention_seconds after interest ends
+        self.retain = False
 
     @property
     def owner(self) -> str | None:
@@ -132,16 +162,44 @@ class JobView:
 
 
 class Subscription:
-    """A consumer's queue of events: one job id, several, or all of a user's jobs."""
+    """A consumer's queue of events: one job id, several, or all of a user's jobs.
+
+    At most ``QUEUE_LIMIT`` events wait; past that ``overflowed`` is set and further
+    events are dropped (the consumer should end and resume)."""
 
     def __init__(self, user: str, view_ids: frozenset[str] | None, kind: str) -> None:
         self.user = user
         self.view_ids = view_ids
         self.kind = kind
-        self.queue: asyncio.Queue[tuple[str, JobEvent]] = asyncio.Queue()
+        self.overflowed = False
+        self.queue: asyncio.Queue[tuple[str, JobEvent]] = asyncio.Queue(QUEUE_LIMIT)
 
     def deliver(self, view_id: str, event: JobEvent) -> None:
-        self.queue.put_nowait((view_id, event))
+        try:
+            self.queue.put_nowait((view_id, event))
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+class Slot:
+    """One open stream's or long-poll's place in the subscriber budgets (the system's
+    and its user's). ``release()`` gives it back: idempotent, and done at garbage
+    collection at the latest, so no path can leak a user's quota."""
+
+    __slots__ = ("_release", "kind", "user")
+
+    def __init__(self, user: str, kind: str, release: Callable[[Slot], None]) -> None:
+        self.user = user
+        self.kind = kind
+        self._release: Callable[[Slot], None] | None = release
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release(self)
+
+    def __del__(self) -> None:
+        self.release()
 
 
 @dataclass
@@ -150,11 +208,18 @@ class _Scope:
 
     user: str
     views: dict[str, JobView] = field(default_factory=dict)
-    leases: dict[tuple[str, str], float] = field(default_factory=dict)
+    # per user: job id -> until when a GET (or a closed stream) keeps it watched,
+    # least recently renewed first
+    leases: dict[str, OrderedDict[str, float]] = field(default_factory=dict)
     watches: Counter[tuple[str, str]] = field(default_factory=Counter)
     all_jobs: Counter[str] = field(default_factory=Counter)
     subs_by_view: dict[str, set[Subscription]] = field(default_factory=dict)
     subs_all: dict[str, set[Subscription]] = field(default_factory=dict)
+    # ids callers are waiting for a round to show them (whatever the leases)
+    wanted: Counter[str] = field(default_factory=Counter)
+    # ids a round looked up (squeue and sacct) and found nowhere -> that round's start
+    missing: dict[str, float] = field(default_factory=dict)
+    failed_at: float = -math.inf
     interval: float = 0.0
     last_start: float = -math.inf
     last_done: float | None = None
@@ -165,13 +230,20 @@ class _Scope:
     waiting: list[asyncio.Future[None]] = field(default_factory=list)
     running: asyncio.Task[None] | None = None
 
+    def leased(self, now: float) -> Iterable[tuple[str, str]]:
+        for user, by_id in self.leases.items():
+            for job_id, until in by_id.items():
+                if until > now:
+                    yield user, job_id
+
     def explicit_ids(self, now: float) -> set[str]:
-        ids = {job_id for (_, job_id), until in self.leases.items() if until > now}
+        ids = {job_id for _, job_id in self.leased(now)}
         ids.update(job_id for (_, job_id), count in self.watches.items() if count > 0)
+        ids.update(self.wanted)
         return ids
 
     def interested_users(self, now: float) -> set[str]:
-        users = {user for (user, _), until in self.leases.items() if until > now}
+        users = {user for user, _ in self.leased(now)}
         users.update(user for (user, _), count in self.watches.items() if count > 0)
         users.update(user for user, count in self.all_jobs.items() if count > 0)
         return users
@@ -182,6 +254,20 @@ class _Scope:
 
     def follows_all(self) -> set[str]:
         return {user for user, count in self.all_jobs.items() if count > 0}
+
+    def idle(self) -> bool:
+        """Nothing left in it: a per-user scope may go."""
+        return not (
+            self.views
+            or self.leases
+            or self.watches
+            or self.all_jobs
+            or self.subs_by_view
+            or self.subs_all
+            or self.wanted
+            or self.waiting
+            or self.running
+        )
 
 
 class JobWatcher:
@@ -199,6 +285,7 @@ class JobWatcher:
         self.system = system.name
         self.settings: WatcherSettings = system.watcher
         self.service_user = system.service_user
+        self.visibility: JobVisibility = system.scheduler.job_visibility
         self.scheduler = scheduler
         self._runner_for = runner_for
         self._metrics = metrics
@@ -207,8 +294,9 @@ class JobWatcher:
         self._seq = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._lookups: dict[tuple[str, str], asyncio.Task[Job]] = {}
         self._subscribers: Counter[str] = Counter()
+        self._held: Counter[str] = Counter()
+        self._held_total = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -218,7 +306,6 @@ class JobWatcher:
 
     async def close(self) -> None:
         tasks = [t for t in [self._task, *(s.running for s in self._scopes.values())] if t]
-        tasks.extend(self._lookups.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -227,61 +314,130 @@ class JobWatcher:
             self._release_waiters(scope.waiting)
             scope.waiting = []
 
+    # ------------------------------------------------------------ budgets
+
+    def check_capacity(self, user: str | None = None) -> None:
+        """``ServiceUnavailable`` when ``max_subscribers`` streams and long-polls are
+        open; ``TooManyRequests`` when ``user`` holds ``max_subscribers_per_user``."""
+        if self._held_total >= self.settings.max_subscribers:
+            raise errors.ServiceUnavailable("Too many event subscribers; retry later")
+        if user is not None and self._held[user] >= self.settings.max_subscribers_per_user:
+            raise errors.TooManyRequests(
+                f"At most {self.settings.max_subscribers_per_user} open event streams and "
+                f"long-polls per user on system '{self.system}': close one or retry later",
+                retry_after=SLOT_RETRY_AFTER,
+            )
+
+    def acquire(self, user: str, kind: str) -> Slot:
+        """A place for one stream or long-poll of ``user`` (checked and taken at once,
+        so concurrent requests cannot overshoot); ``release()`` it when it ends."""
+        self.check_capacity(user)
+        self._held[user] += 1
+        self._held_total += 1
+        return Slot(user, kind, self._give_back)
+
+    def _give_back(self, slot: Slot) -> None:
+        self._held_total -= 1
+        self._held[slot.user] -= 1
+        if self._held[slot.user] <= 0:
+            del self._held[slot.user]
+
+    def held(self, user: str) -> int:
+        """Streams and long-polls ``user`` holds open now."""
+        return self._held[user]
+
     # ------------------------------------------------------------ consumers
 
+    def knows(self, user: str, job_id: str) -> bool:
+        """Whether looking ``job_id`` up for ``user`` costs no command of its own: the
+        caller's scope has a view of it, or the caller already has it watched."""
+        scope = self._scope(user)
+        return (
+            job_id in scope.views
+            or job_id in scope.leases.get(user, ())
+            or bool(scope.watches.get((user, job_id)))
+        )
+
     def cached(self, user: str, job_id: str) -> JobView | None:
-        """The caller's job if a fresh view of it exists (no I/O); keeps it watched."""
+        """The job if a fresh view of it exists and the caller may see it (no I/O);
+        keeps it watched."""
         scope = self._scope(user)
         view = scope.views.get(job_id)
-        if view is None or view.owner != user or not self._fresh(scope, view):
+        if view is None or not self._may_see(user, view) or not self._fresh(scope, view):
             return None
         self._lease(scope, user, job_id)
         return view
 
     async def view(self, user: str, job_id: str) -> JobView:
-        """A fresh view of the caller's job: from the cache, the next round, or (for a
-        job the round did not show) one scheduler lookup shared by concurrent callers.
+        """A fresh view of a job the caller may see: from the cache, else from the
+        next rounds of the caller's scope (which look jobs they have not seen up in
+        accounting too, one batch for all callers), run as the scope's identity.
 
-        ``NotFound`` for unknown jobs and for other users' jobs.
+        ``NotFound`` for unknown jobs and for jobs the caller may not see;
+        ``ServiceUnavailable`` when the rounds fail or do not come in time.
         """
         job_id = validate_job_id(job_id)
         scope = self._scope(user)
         view = scope.views.get(job_id)
         if view is not None and self._fresh(scope, view):
-            return self._owned(view, user, job_id, scope)
+            return self._visible(scope, view, user, job_id)
         asked = self._clock()
         self._lease(scope, user, job_id)
-        with contextlib.suppress(TimeoutError):
-            await self.next_round(scope)
-        view = scope.views.get(job_id)
-        if view is not None and view.observed >= asked:
-            return self._owned(view, user, job_id, scope)
-        job = await self._lookup(user, job_id)
-        view = self.observe(user, job_id, job, observed=asked)
-        return self._owned(view, user, job_id, scope)
+        scope.wanted[job_id] += 1  # polled while we wait, whatever becomes of the lease
+        try:
+            deadline = asked + self._round_wait()
+            while (remaining := deadline - self._clock()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await self.next_round(scope, timeout=remaining)
+                view = scope.views.get(job_id)
+                if view is not None and view.observed >= asked:
+                    return self._visible(scope, view, user, job_id)
+                if scope.missing.get(job_id, -math.inf) >= asked:
+                    self._unlease(scope, user, job_id)
+                    raise errors.NotFound(f"Job not found: {job_id}")
+                if scope.failed_at >= asked:
+                    break
+        finally:
+            scope.wanted[job_id] -= 1
+            if scope.wanted[job_id] <= 0:
+                del scope.wanted[job_id]
+        raise errors.ServiceUnavailable(
+            f"The state of job {job_id} is not available right now; retry later"
+        )
 
     def observe(
-        self, user: str, job_id: str, job: Job, *, observed: float | None = None
-    ) -> JobView:
-        """Feed a lookup's answer (taken at ``observed``) to the watcher; watch the job."""
+        self,
+        user: str,
+        job_id: str,
+        job: Job,
+        *,
+        observed: float | None = None,
+        source: str | None = None,
+    ) -> JobView | None:
+        """Offer an answer that a command run as ``source`` (default: ``user``) gave
+        at ``observed``; the caller's own job stays watched.
+
+        Only answers of the scope's own identity feed its views. Another identity's
+        answer (in service mode: any caller's, printed through the caller's login
+        shell) is not written anywhere: the next round looks at the job as the
+        service identity. Returns the view written, or None.
+        """
         scope = self._scope(user)
+        if job.user == user:
+            self._lease(scope, user, job_id)
+        if (source or user) != scope.user:
+            return None
         when = self._clock() if observed is None else observed
         view = scope.views.get(job_id)
         if view is None or view.observed < when:
             # a lookup of an ended job includes its accounting
             view = self._update(scope, job_id, job, when, settled=job.tasks is not None)
-        if job.user == user:
-            self._lease(scope, user, job_id)
         return view
-
-    def check_capacity(self) -> None:
-        """``ServiceUnavailable`` when ``max_subscribers`` streams and long-polls wait."""
-        if sum(self._subscribers.values()) >= self.settings.max_subscribers:
-            raise errors.ServiceUnavailable("Too many event subscribers; retry later")
 
     def subscribe(self, user: str, job_ids: Iterable[str] | None, kind: str) -> Subscription:
         """Receive the events of ``job_ids`` (None: all of ``user``'s jobs) until
-        ``unsubscribe``; the jobs stay watched meanwhile."""
+        ``unsubscribe``; the jobs stay watched meanwhile. Budgets are the caller's
+        business (``acquire``)."""
         scope = self._scope(user)
         ids = frozenset(job_ids) if job_ids is not None else None
         sub = Subscription(user, ids, kind)
@@ -303,6 +459,8 @@ class JobWatcher:
         if sub.view_ids is None:
             scope.all_jobs[sub.user] -= 1
             scope.subs_all.get(sub.user, set()).discard(sub)
+            if not scope.subs_all.get(sub.user, True):
+                del scope.subs_all[sub.user]
             if scope.all_jobs[sub.user] <= 0:
                 del scope.all_jobs[sub.user]
             return
@@ -320,8 +478,8 @@ class JobWatcher:
                     del scope.subs_by_view[job_id]
 
     async def all_views(self, user: str) -> list[JobView]:
-        """The caller's jobs the watcher knows, after a round that listed all of them
-        (call ``subscribe(user, None, ...)`` first)."""
+        """The caller's own jobs the watcher knows, after a round that listed all of
+        them (call ``subscribe(user, None, ...)`` first)."""
         scope = self._scope(user)
         with contextlib.suppress(TimeoutError):
             await self.next_round(scope)
@@ -332,19 +490,20 @@ class JobWatcher:
         ]
         return sorted(views, key=lambda v: v.seq)
 
-    async def next_round(self, scope: _Scope) -> None:
+    async def next_round(self, scope: _Scope, *, timeout: float | None = None) -> None:
         """Wait for the end of the next round of ``scope`` that starts after this call."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         scope.waiting.append(future)
         scope.urgent = True
         self._wake.set()
-        limit = self.settings.min_interval + self.scheduler_timeout * 2 + 1
-        async with asyncio.timeout(limit):
+        async with asyncio.timeout(self._round_wait() if timeout is None else timeout):
             await future
 
     def current(self, user: str, job_id: str) -> JobView | None:
-        """The view of ``job_id`` in the caller's scope as it is now (no freshness check)."""
-        return self._scope(user).views.get(job_id)
+        """The view of ``job_id`` in the caller's scope as it is now (no freshness
+        check), if the caller may see it."""
+        view = self._scope(user).views.get(job_id)
+        return view if view is not None and self._may_see(user, view) else None
 
     def submitted(self, user: str, job_id: str) -> None:
         """A job was just submitted through this server: streams that follow all of
@@ -375,6 +534,7 @@ class JobWatcher:
             "scopes": len(active),
             "views": sum(len(s.views) for s in self._scopes.values()),
             "watched": sum(len(s.explicit_ids(now)) for s in self._scopes.values()),
+            "leases": sum(len(by_id) for s in self._scopes.values() for by_id in s.leases.values()),
             "followed_users": sum(len(s.follows_all()) for s in self._scopes.values()),
             "sse": self._subscribers["sse"],
             "longpoll": self._subscribers["longpoll"],
@@ -389,6 +549,10 @@ class JobWatcher:
             scope = self._scopes[name] = _Scope(user=name, interval=self.settings.min_interval)
         return scope
 
+    def _round_wait(self) -> float:
+        """How long a caller waits for rounds at most."""
+        return self.settings.min_interval + self.scheduler_timeout * 2 + 1
+
     def _fresh(self, scope: _Scope, view: JobView) -> bool:
         """Final, or observed within the fast interval (plus one round's duration): a
         job that can still change is watched at ``min_interval``."""
@@ -397,31 +561,38 @@ class JobWatcher:
         limit = self.settings.min_interval + min(scope.round_seconds, self.settings.min_interval)
         return self._clock() - view.observed <= limit
 
-    @staticmethod
-    def _owned(view: JobView, user: str, job_id: str, scope: _Scope) -> JobView:
-        if view.owner != user:
+    def _may_see(self, user: str, view: JobView) -> bool:
+        return may_see(user, view.owner, self.visibility)
+
+    def _visible(self, scope: _Scope, view: JobView, user: str, job_id: str) -> JobView:
+        """``view`` if the caller may see it; else ``NotFound`` (and no interest kept)."""
+        try:
+            ensure_visible(user, view.owner, self.visibility, job_id)
+        except errors.NotFound:
             if not scope.watches.get((user, job_id)):
-                scope.leases.pop((user, job_id), None)
-            raise errors.NotFound(f"Job not found: {job_id}")
+                self._unlease(scope, user, job_id)
+            raise
         return view
 
     def _lease(self, scope: _Scope, user: str, job_id: str) -> None:
-        key = (user, job_id)
-        is_new = key not in scope.leases and not scope.watches.get(key)
-        scope.leases[key] = self._clock() + self.settings.interest_seconds
+        """Keep ``job_id`` watched for ``user`` for ``interest_seconds``; a user holds at
+        most ``max_leases_per_user`` leases (the least recently renewed go first)."""
+        by_id = scope.leases.setdefault(user, OrderedDict())
+        is_new = job_id not in by_id and not scope.watches.get((user, job_id))
+        by_id[job_id] = self._clock() + self.settings.interest_seconds
+        by_id.move_to_end(job_id)
+        while len(by_id) > self.settings.max_leases_per_user:
+            by_id.popitem(last=False)
         if is_new:
             self._wake.set()
 
-    async def _lookup(self, user: str, job_id: str) -> Job:
-        """``scheduler.job`` as the caller; concurrent lookups of one job share one."""
-        key = (user, job_id)
-        task = self._lookups.get(key)
-        if task is None:
-            runner = self._runner_for(user)
-            task = asyncio.create_task(self.scheduler.job(runner, job_id))
-            self._lookups[key] = task
-            task.add_done_callback(lambda _: self._lookups.pop(key, None))
-        return await asyncio.shield(task)
+    @staticmethod
+    def _unlease(scope: _Scope, user: str, job_id: str) -> None:
+        by_id = scope.leases.get(user)
+        if by_id is not None:
+            by_id.pop(job_id, None)
+            if not by_id:
+                del scope.leases[user]
 
     def _next_seq(self) -> int:
         self._seq = max(self._seq + 1, int(time.time() * 1000))
@@ -464,7 +635,7 @@ class JobWatcher:
             self._metrics.watcher_events.labels(self.system).inc()
         owner = view.owner
         for sub in scope.subs_by_view.get(view.view_id, ()):
-            if sub.user == owner:
+            if self._may_see(sub.user, view):
                 sub.deliver(view.view_id, event)
         if owner is not None and view.view_id == top_id(view.view_id):
             for sub in scope.subs_all.get(owner, ()):
@@ -486,7 +657,7 @@ class JobWatcher:
         while True:
             now = self._clock()
             sleep = self.settings.max_interval
-            for scope in list(self._scopes.values()):
+            for name, scope in list(self._scopes.items()):
                 if scope.running is not None:
                     continue
                 due = self._due(scope, now)
@@ -495,6 +666,8 @@ class JobWatcher:
                         self._release_waiters(scope.waiting)
                         scope.waiting = []
                     self._expire(scope, now)
+                    if name != self.service_user and scope.idle():
+                        del self._scopes[name]
                     continue
                 if due <= now:
                     scope.running = asyncio.create_task(self._round(scope))
@@ -533,6 +706,7 @@ class JobWatcher:
             raise
         except Exception as exc:
             outcome = "error"
+            scope.failed_at = self._clock()
             scope.failures += 1
             backoff = self.settings.min_interval * 2 ** min(scope.failures, 10)
             scope.interval = min(self.settings.max_interval, backoff)
@@ -564,16 +738,29 @@ class JobWatcher:
             return self.settings.min_interval
         return self.settings.max_interval
 
+    def _window(self, scope: _Scope, poll_ids: list[str]) -> list[str]:
+        """At most ``max_batch`` ids: the never-seen first (a caller waits for them),
+        then a window over the rest that rotates from round to round."""
+        limit = self.settings.max_batch
+        if len(poll_ids) <= limit:
+            return poll_ids
+        new = [i for i in poll_ids if i not in scope.views]
+        seen = [i for i in poll_ids if i in scope.views]
+        room = max(0, limit - len(new))
+        chosen = new[:limit]
+        if room and seen:
+            start = scope.cursor % len(seen)
+            chosen += (seen[start:] + seen[:start])[:room]
+            scope.cursor = start + room
+        return sorted(chosen, key=_id_key)
+
     async def _poll(self, scope: _Scope, now: float) -> bool:
-        """One round: squeue, then sacct for ended or vanished jobs; True if anything changed."""
+        """One round as the scope's identity: squeue, then sacct for ended, vanished or
+        never-seen jobs; True if anything changed."""
         runner = self._runner_for(scope.user)
-        poll_ids = scope.poll_ids(now)
+        poll_ids = self._window(scope, scope.poll_ids(now))
         followed = scope.follows_all()
         limit = self.settings.max_batch
-        if len(poll_ids) > limit:  # more than one command takes: a window that rotates
-            start = scope.cursor % len(poll_ids)
-            poll_ids = (poll_ids[start:] + poll_ids[:start])[:limit]
-            scope.cursor = start + limit
         if followed:
             users = sorted(scope.interested_users(now))
             listed = await self.scheduler.active_jobs(runner, users=users)
@@ -589,12 +776,14 @@ class JobWatcher:
             raw_ids.setdefault(item.raw_id, item.job.job_id)
         view_ids = set(poll_ids)
         if followed:
-            view_ids.update(top_id(job_id) for job_id in records)
+            view_ids.update(
+                top_id(job_id) for job_id, job in records.items() if job.user in followed
+            )
         entries = {view_id: _entries(view_id, records, raw_ids) for view_id in view_ids}
         accounting = [
             view_id
-            for view_id in sorted(view_ids)
-            if self._wants_accounting(scope, view_id, entries[view_id], observed)
+            for view_id in sorted(view_ids, key=_id_key)
+            if self._wants_accounting(scope, view_id, entries[view_id])
         ][:limit]
         accounted: list[Job] = []
         if accounting:
@@ -605,40 +794,76 @@ class JobWatcher:
             found = entries[view_id]
             mine = _accounted_for(view_id, found, accounted) if view_id in accounted_ids else []
             merged = _select(view_id, merge_jobs(found, mine)) if mine else found
+            before = scope.views.get(view_id)
             if not merged:
+                if view_id not in accounted_ids:
+                    continue  # not asked this round
+                if before is None:
+                    # neither the controller nor accounting knows it: stop watching it
+                    scope.missing[view_id] = now
+                    for by_id in scope.leases.values():
+                        by_id.pop(view_id, None)
+                else:
+                    before.observed = max(before.observed, observed)  # nothing newer known
                 continue
             job = _as_view(view_id, merged)
-            before = scope.views.get(view_id)
             old_seq = before.seq if before is not None else None
             settled = bool(mine) and _settled(found, mine)
             view = self._update(scope, view_id, job, observed, settled=settled)
             changed = changed or view.seq != old_seq
         return changed
 
-    def _wants_accounting(
-        self, scope: _Scope, view_id: str, found: Sequence[Job], now: float
-    ) -> bool:
+    @staticmethod
+    def _wants_accounting(scope: _Scope, view_id: str, found: Sequence[Job]) -> bool:
         view = scope.views.get(view_id)
         if view is not None and view.final:
             return False
         if found:
             return any(is_terminal(job) for job in found)
-        # vanished from the controller (or never seen by a round): ask accounting
-        return view is not None
+        # vanished from the controller, or never seen by a round: ask accounting
+        return True
 
     def _expire(self, scope: _Scope, now: float) -> None:
-        for key, until in list(scope.leases.items()):
-            if until <= now:
-                del scope.leases[key]
+        """Drop lapsed leases and old misses; drop views nobody is interested in: at
+        once unless their owner was (then after ``retention_seconds``, at most
+        ``max_leases_per_user`` per owner, the oldest going first)."""
+        holders: dict[str, set[str]] = {}
+        for user, by_id in list(scope.leases.items()):
+            for job_id, until in list(by_id.items()):
+                if until <= now:
+                    del by_id[job_id]
+                else:
+                    holders.setdefault(job_id, set()).add(user)
+            if not by_id:
+                del scope.leases[user]
+        for (user, job_id), count in scope.watches.items():
+            if count > 0:
+                holders.setdefault(job_id, set()).add(user)
+        for job_id, since in list(scope.missing.items()):
+            if now - since > self.settings.interest_seconds:
+                del scope.missing[job_id]
+        followed = scope.follows_all()
         keep = self.settings.retention_seconds
-        watched = scope.explicit_ids(now)
+        retained: dict[str | None, list[JobView]] = {}
         for view_id, view in list(scope.views.items()):
-            if view_id in watched or view_id in scope.subs_by_view:
+            interested = holders.get(view_id, set())
+            owner = view.owner
+            if owner is not None and (owner in interested or owner in followed):
+                view.retain = True
+            if interested or view_id in scope.wanted or view_id in scope.subs_by_view:
                 continue
-            if view.owner in scope.all_jobs:
+            if owner in followed:
                 continue
-            if now - view.observed > keep:
+            if not view.retain or now - view.observed > keep:
                 del scope.views[view_id]
+            else:
+                retained.setdefault(owner, []).append(view)
+        cap = self.settings.max_leases_per_user
+        for views in retained.values():
+            if len(views) > cap:
+                views.sort(key=lambda v: v.observed)
+                for view in views[: len(views) - cap]:
+                    del scope.views[view.view_id]
 
 
 # ---------------------------------------------------------------- selection helpers

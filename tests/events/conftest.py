@@ -24,6 +24,9 @@ WATCHER = {
     "max_interval": 5.0,
     "heartbeat_seconds": 1.0,
     "interest_seconds": 10.0,
+    # test_load has 1,000 waiters of one user share the watcher; the per-user budget
+    # itself is tested on private servers (tests/security/test_event_trust.py)
+    "max_subscribers_per_user": 2000,
 }
 IDEMPOTENCY = {
     "fault_delay_before_record": FAULT_DELAY,

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 
 from tests.events.conftest import remote
 from tests.events.helpers import TERMINAL, SseEvent, sse_events
-from tests.server import ApiServer
+from tests.server import ApiServer, start_server
 from tests.site import SiteEnv
 
 pytestmark = [pytest.mark.site, pytest.mark.e2e]
@@ -255,18 +256,29 @@ async def test_plain_get_is_served_by_the_watcher(
         await c.delete(url)
 
 
-async def test_per_user_watcher_on_default_server(
-    api_server: ApiServer, site_env: SiteEnv, ssh_as
+async def test_per_user_watcher_without_service_user(
+    site_env: SiteEnv, ssh_as, tmp_path: Path
 ) -> None:
-    """The default configuration watches per user (no service user)."""
-    async with client(api_server) as c:
-        job_id = await submit(c, api_server, site_env, "sleep 1")
-        url = f"/compute/{api_server.system}/jobs/{job_id}/events"
-        async with c.stream("GET", url) as response:
-            received = [e async for e in events(response) if e.event != "comment"]
-        assert received[-1].event == "terminal" and received[-1].state == "COMPLETED"
-    async with client(api_server, "hpcuser2") as bob:
-        assert (await bob.get(url)).status_code == 404
+    """Without a service user the watcher polls per user, as each user."""
+    server = start_server(
+        site_env,
+        tmp_path,
+        overrides={
+            "service_user": None,
+            "accounts": {"source": "local", "min_uid": 1000, "max_uid": 60000},
+        },
+    )
+    try:
+        async with client(server) as c:
+            job_id = await submit(c, server, site_env, "sleep 1")
+            url = f"/compute/{server.system}/jobs/{job_id}/events"
+            async with c.stream("GET", url) as response:
+                received = [e async for e in events(response) if e.event != "comment"]
+            assert received[-1].event == "terminal" and received[-1].state == "COMPLETED"
+        async with client(server, "hpcuser2") as bob:
+            assert (await bob.get(url)).status_code == 404
+    finally:
+        server.stop()
     assert job_id in await remote(
         ssh_as, "hpcuser1", "sacct", "-n", "-X", "-j", job_id, "-o", "JobID"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from hpcgate import errors
-from hpcgate.config import IdempotencySettings, SystemSettings, WatcherSettings
+from hpcgate.config import (
+    ConfigError,
+    IdempotencySettings,
+    SystemSettings,
+    WatcherSettings,
+    load_settings,
+)
 from hpcgate.events import job_events, parse_event_id
 from hpcgate.idempotency import (
     IdempotentSubmitter,
@@ -21,18 +28,21 @@ from hpcgate.idempotency import (
 )
 from hpcgate.metrics import Metrics, command_kind
 from hpcgate.scheduler.models import JobSubmitRequest
-from hpcgate.watcher import JobWatcher
-from tests.events.fakes import FakeRunner, FakeScheduler
+from hpcgate.watcher import QUEUE_LIMIT, JobEvent, JobWatcher, Subscription
+from tests.events.fakes import FakeRunner, FakeScheduler, make_job
 from tests.events.helpers import sse_events
 
 MIN = 0.05
 
 
-def system(service_user: str | None = None, **watcher: object) -> SystemSettings:
+def system(
+    service_user: str | None = None, *, visibility: str = "own", **watcher: object
+) -> SystemSettings:
     return SystemSettings.model_validate(
         {
             "name": "c",
             "service_user": service_user,
+            "scheduler": {"job_visibility": visibility},
             "ssh": {"host": "h", "known_hosts": "/k"},
             "credentials": {"kind": "static_keys", "key_path": "/k/{username}"},
             # constructed: faster than the configuration allows (min 0.2 s)
@@ -162,6 +172,148 @@ async def test_all_jobs_subscription_sees_new_jobs_of_its_user_only(
     watcher.unsubscribe(sub)
 
 
+async def test_service_scope_takes_no_callers_answer(fake: FakeScheduler) -> None:
+    """A caller's own lookup (printed by the caller's login shell) never feeds the
+    shared scope, whoever it claims owns the job; every command runs as the service."""
+    ran_as: list[str] = []
+
+    def runner(user: str) -> FakeRunner:
+        ran_as.append(user)
+        return FakeRunner(user)
+
+    w = JobWatcher(system(service_user="svc"), fake, runner)
+    w.start()
+    try:
+        fake.set("7", "PENDING", user="alice")
+        view = await w.view("alice", "7")
+        sub = w.subscribe("alice", ["7"], "sse")
+        for claimed in ("alice", "bob"):
+            forged = make_job("7", "COMPLETED", user=claimed, steps=True)
+            assert w.observe("bob", "7", forged) is None
+            assert w.observe("alice", "7", forged) is None  # even the owner's own shell
+        await asyncio.sleep(5 * MIN)
+        current = w.current("alice", "7")
+        assert current is view and current.job.status.state == "PENDING" and not view.final
+        assert sub.queue.empty()
+        with pytest.raises(errors.NotFound):
+            await w.view("bob", "7")
+        # unknown ids are looked up by the rounds too, as the service identity
+        with pytest.raises(errors.NotFound):
+            await w.view("bob", "8")
+        assert set(ran_as) == {"svc"} and fake.calls["lookup"] == 0
+        # the service identity's own answer is taken
+        assert w.observe("alice", "7", make_job("7", "RUNNING"), source="svc") is view
+        w.unsubscribe(sub)
+    finally:
+        await w.close()
+
+
+async def test_per_user_scope_is_fed_and_read_by_its_user_alone(fake: FakeScheduler) -> None:
+    w = JobWatcher(system(), fake, FakeRunner)
+    w.start()
+    try:
+        fake.set("7", "PENDING", user="alice")
+        view = await w.view("alice", "7")
+        forged = make_job("7", "COMPLETED", user="bob", steps=True)
+        assert w.observe("bob", "7", forged) is not None  # bob fools himself
+        assert (await w.view("bob", "7")).job.status.state == "COMPLETED"
+        assert w.current("alice", "7") is view and view.job.status.state == "PENDING"
+        assert w.cached("bob", "7") is not view
+    finally:
+        await w.close()
+
+
+async def test_visibility_follows_the_site_rule(fake: FakeScheduler) -> None:
+    fake.set("7", "RUNNING", user="bob")
+    for visibility, visible in (("own", False), ("scheduler", True)):
+        w = JobWatcher(system("svc", visibility=visibility), fake, FakeRunner)
+        w.start()
+        try:
+            assert (await w.view("bob", "7")).owner == "bob"
+            sub = w.subscribe("alice", ["7"], "sse")
+            if visible:
+                assert (await w.view("alice", "7")).owner == "bob"
+            else:
+                with pytest.raises(errors.NotFound) as info:
+                    await w.view("alice", "7")
+                assert info.value.message == "Job not found: 7"  # as for an unknown id
+            assert (w.cached("alice", "7") is not None) == visible
+            assert (w.current("alice", "7") is not None) == visible
+            fake.set("7", "COMPLETED", user="bob")
+            got = await asyncio.wait_for(sub.queue.get(), 2) if visible else None
+            await asyncio.sleep(4 * MIN)
+            assert (got is not None) == visible and sub.queue.empty()
+            w.unsubscribe(sub)
+            everything = w.subscribe("alice", None, "sse")
+            assert await w.all_views("alice") == []  # all-jobs streams: one's own jobs
+            w.unsubscribe(everything)
+        finally:
+            await w.close()
+            fake.set("7", "RUNNING", user="bob")
+
+
+async def test_unknown_ids_cost_one_batch(fake: FakeScheduler, watcher) -> None:
+    fake.set("1", "RUNNING")
+    ids = [str(5000 + n) for n in range(200)]
+    found = await asyncio.gather(*(watcher.view("bob", i) for i in ids), return_exceptions=True)
+    assert all(isinstance(result, errors.NotFound) for result in found)
+    assert fake.calls["squeue"] == 1 and fake.calls["sacct"] == 1
+    assert fake.calls["lookup"] == 0
+    assert watcher.stats()["leases"] == 0  # nothing kept watched for them
+    assert not watcher.knows("bob", ids[0])
+
+
+async def test_subscriber_budgets(fake: FakeScheduler) -> None:
+    w = JobWatcher(system("svc", max_subscribers_per_user=2, max_subscribers=3), fake, FakeRunner)
+    first, second = w.acquire("alice", "sse"), w.acquire("alice", "longpoll")
+    with pytest.raises(errors.TooManyRequests) as info:
+        w.acquire("alice", "sse")
+    assert info.value.status_code == 429 and int(info.value.headers["Retry-After"]) > 0
+    kept = w.acquire("bob", "sse")  # the system is full now
+    with pytest.raises(errors.ServiceUnavailable):
+        w.acquire("carol", "sse")
+    first.release()
+    first.release()  # once only
+    assert w.held("alice") == 1
+    third = w.acquire("alice", "sse")
+    del third  # dropped without release: given back all the same
+    gc.collect()
+    assert w.held("alice") == 1
+    second.release()
+    kept.release()
+    assert w.held("alice") == w.held("bob") == 0
+
+
+async def test_leases_and_kept_views_per_user_are_capped(fake: FakeScheduler) -> None:
+    cap = 10
+    w = JobWatcher(system("svc", max_leases_per_user=cap), fake, FakeRunner)
+    w.start()
+    try:
+        ids = [str(100 + n) for n in range(100)]
+        for job_id in ids:
+            fake.set(job_id, "COMPLETED", user="alice")
+        views = await asyncio.gather(*(w.view("alice", i) for i in ids))
+        assert len(views) == 100  # a request beyond the cap still gets every answer
+        assert w.stats()["leases"] <= cap
+        # bob asks for every one of them: nothing is kept for him
+        for job_id in ids:
+            with pytest.raises(errors.NotFound):
+                await w.view("bob", job_id)
+        await asyncio.sleep(4 * MIN)
+        stats = w.stats()
+        assert stats["leases"] <= cap and stats["views"] <= 2 * cap, stats
+    finally:
+        await w.close()
+
+
+def test_a_slow_subscriber_overflows_instead_of_growing() -> None:
+    sub = Subscription("alice", frozenset({"1"}), "sse")
+    event = JobEvent(1, make_job("1", "RUNNING"))
+    for _ in range(QUEUE_LIMIT + 5):
+        sub.deliver("1", event)
+    assert sub.overflowed and sub.queue.qsize() == QUEUE_LIMIT
+
+
 async def _body(stream: AsyncIterator[bytes]) -> list:
     async def lines() -> AsyncIterator[str]:
         async for chunk in stream:
@@ -270,3 +422,42 @@ async def test_failed_submission_forgets_or_keeps_key(tmp_path: Path) -> None:
     with pytest.raises(errors.UnprocessableEntity):
         await submitter.submit(scope, request("a"), lost, nothing)
     await submitter.close()
+
+
+# -- configuration ---------------------------------------------------------------------
+
+VALID = """
+auth: {issuer: https://idp.example, audience: hpcgate, jwks_file: /etc/hpcgate/jwks.json}
+systems:
+  - name: cluster
+    ssh: {host: login.example, known_hosts: /etc/hpcgate/known_hosts}
+    credentials: {kind: ca, ca_key: /etc/hpcgate/user_ca}
+    watcher: {%s}
+"""
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        ("max_subscribers_per_user: 0", "systems.0.watcher.max_subscribers_per_user"),
+        ("max_unknown_ids_per_request: 0", "systems.0.watcher.max_unknown_ids_per_request"),
+        ("max_unknown_ids_per_request: 100000", "systems.0.watcher.max_unknown_ids_per_request"),
+        ("max_leases_per_user: -1", "systems.0.watcher.max_leases_per_user"),
+        ("interest_seconds: 1.0e9", "systems.0.watcher.interest_seconds"),
+        ("retention_seconds: 1.0e9", "systems.0.watcher.retention_seconds"),
+    ],
+)
+def test_event_budget_settings_are_checked(tmp_path: Path, setting: str, field: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(VALID % setting)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert field in str(info.value)
+
+
+def test_event_budget_defaults() -> None:
+    settings = WatcherSettings()
+    assert settings.max_subscribers_per_user == 100
+    assert settings.max_unknown_ids_per_request == 20
+    assert settings.max_leases_per_user == 2000
+    assert settings.max_subscribers_per_user < settings.max_subscribers
