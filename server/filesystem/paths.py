@@ -16,11 +16,17 @@ the user (SFTP ``realpath``) and refuses (403) when a symlink leads outside the
 configured filesystems. That check and the write are two steps, so it is a guard
 against mistakes and confused deputies, not a sandbox: the cluster's own
 permissions, under which every operation runs as the user, remain the authority.
+What the guard learns (the roots' real paths, the user's uid) is kept per SFTP
+session, so per user. For deletes and attribute changes it also refuses paths that
+pass through a symlink of another user (``refuse_foreign_links``); the operations
+that can be raced for real re-check at use (``shellops``, lsetstat).
 """
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -132,17 +138,24 @@ class RealpathClient(Protocol):
 class WriteGuard:
     """Refuses writes whose target or parents resolve outside the configured roots.
 
-    Create one per system and keep it: the real paths of the roots (a root may
-    itself be a symlink, say ``/home`` -> ``/gpfs/home``) are learned once.
+    One per system is fine: the policy is configuration. The real paths of the roots
+    (a root may itself be a symlink, say ``/home`` -> ``/gpfs/home``) are learned
+    through each SFTP session and kept for that session only (a weak map keyed by
+    the session): a session is one user's, and what one user's session answered is
+    never used for another user's writes.
     """
 
     def __init__(self, policy: PathPolicy) -> None:
         self.policy = policy
-        self._real_roots: tuple[str, ...] | None = None
+        self._real_roots: weakref.WeakKeyDictionary[object, tuple[str, ...]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._owners: weakref.WeakKeyDictionary[object, int | None] = weakref.WeakKeyDictionary()
 
     async def _allowed_roots(self, sftp: RealpathClient) -> tuple[str, ...]:
-        if self._real_roots is not None:
-            return self._real_roots
+        found = self._real_roots.get(sftp)
+        if found is not None:
+            return found
         resolved: set[str] = set(self.policy.roots)
         complete = True
         for root in self.policy.roots:
@@ -151,7 +164,7 @@ class WriteGuard:
             except (asyncssh.SFTPError, BadRequest):
                 complete = False  # missing or unreadable now: ask again next time
         if complete:
-            self._real_roots = tuple(sorted(resolved))
+            self._real_roots[sftp] = tuple(sorted(resolved))
         return tuple(sorted(resolved))
 
     async def check(self, sftp: RealpathClient, path: str, *, follow_final: bool) -> None:
@@ -183,6 +196,48 @@ class WriteGuard:
                 )
             return
 
+    async def refuse_foreign_links(
+        self, sftp: RealpathClient, path: str, *, include_final: bool
+    ) -> None:
+        """``Forbidden`` when a component of ``path`` below its root is a symlink that
+        belongs to neither the user nor root.
+
+        The rule of the kernel's ``fs.protected_symlinks``, for every directory: a
+        group member may put a symlink in a shared directory, but the server never
+        follows it on the user's behalf for a delete or an attribute change. The
+        user is the owner of the session's home (its first directory). One round of
+        concurrent ``lstat``; a check before the operation, so the operations that
+        walk trees re-check as they go (``shellops``).
+        """
+        root = self.policy.root_of(path)
+        assert root is not None, "check the path with the policy first"
+        prefixes = [p for p in _candidates(path, root, follow_final=include_final) if p != root]
+        if not prefixes:
+            return
+        owner = await self._owner(sftp)
+        found = await asyncio.gather(*(_lstat_or_none(sftp, prefix) for prefix in prefixes))
+        for prefix, attrs in zip(prefixes, found, strict=True):
+            if (
+                attrs is not None
+                and attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK
+                and attrs.uid not in (0, owner)
+            ):
+                raise Forbidden(
+                    "Refusing to follow a symbolic link that belongs to another user: "
+                    f"{shown(prefix)}"
+                )
+
+    async def _owner(self, sftp: RealpathClient) -> int | None:
+        """The uid of the session's user: the owner of its home, once per session."""
+        if sftp in self._owners:
+            return self._owners[sftp]
+        try:
+            uid = (await sftp.lstat(await sftp.realpath("."))).uid
+        except asyncssh.SFTPError:
+            uid = None
+        self._owners[sftp] = uid
+        return uid
+
 
 def _candidates(path: str, root: str, *, follow_final: bool) -> Sequence[str]:
     """``path`` (when followed) and then its parents, up to and including ``root``."""
@@ -192,6 +247,13 @@ def _candidates(path: str, root: str, *, follow_final: bool) -> Sequence[str]:
         current = parent(current)
         found.append(current)
     return found
+
+
+async def _lstat_or_none(sftp: RealpathClient, path: str) -> asyncssh.SFTPAttrs | None:
+    try:
+        return await sftp.lstat(path)
+    except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPPermissionDenied):
+        return None
 
 
 async def _exists_as_link(sftp: RealpathClient, path: str) -> bool:

@@ -1,10 +1,13 @@
 """The filesystem interface over the pooled SSH connection's SFTP session.
 
-Listing, stat, readlink, reads, writes, mkdir, rm, rename, chmod, chown and symlink
+Listing, stat, readlink, reads, writes, mkdir, rename, chmod, chown and symlink
 are SFTP requests on the user's one shared SFTP channel: no remote process per
 operation. Remote commands (as the user, argv quoted by the runner) only where
-SFTP cannot do the work: ``sha256sum``, ``file``, ``tar``, ``find``, ``cp`` and,
-for names no directory listing supplied, ``getent``.
+SFTP cannot do the work: ``sha256sum``, ``file``, ``cp``, rm, extract and compress
+(``shellops``: they must not be redirected by a symlink swapped into a shared
+directory while they run) and, for names no directory listing supplied, ``getent``.
+chmod and chown never follow a symlink (lsetstat); listings are bounded
+(``filesystem_limits``).
 
 Each operation runs under the system's ``ssh.command_timeout`` (408 past it);
 streamed reads and writes apply it to every chunk instead.
@@ -16,6 +19,7 @@ import asyncio
 import contextlib
 import posixpath
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -26,12 +30,13 @@ from hpcgate.config import SystemSettings
 from hpcgate.errors import (
     ApiError,
     BadRequest,
+    Conflict,
     Forbidden,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
 )
-from hpcgate.filesystem import content
+from hpcgate.filesystem import content, shellops, staging
 from hpcgate.filesystem.base import Filesystem, ReadStream
 from hpcgate.filesystem.entries import (
     is_dir,
@@ -43,6 +48,7 @@ from hpcgate.filesystem.entries import (
     timestamp,
     type_letter,
 )
+from hpcgate.filesystem.identity import FileIdentity
 from hpcgate.filesystem.models import CompressionType, File, FileChecksum, FileContent, FileStat
 from hpcgate.filesystem.modes import Mode
 from hpcgate.filesystem.names import IdNames, valid_name
@@ -50,23 +56,37 @@ from hpcgate.filesystem.paths import PathPolicy, WriteGuard, parent, shown
 from hpcgate.remote import CommandResult, CommandRunner
 from hpcgate.sshpool import SshPool
 
-_TAR_FLAGS: dict[str, list[str]] = {"none": [], "gzip": ["-z"], "bzip2": ["-j"], "xz": ["-J"]}
-_REMOVE_CONCURRENCY = 32
-
 # (name shown in the listing, full path as the cluster spells it, lstat attrs, longname)
 _Row = tuple[str, bytes, asyncssh.SFTPAttrs, str | None]
 
 
-# -- per-system state shared by all requests ---------------------------------------
+# -- per-system state: the policy is shared, what a session tells is per user -----
+
+
+_MAX_USERS = 4096
 
 
 class _SystemState:
-    """What one system's requests share: the path policy, write guard and names."""
+    """What one system's requests share: the path policy (configuration) and, per user,
+    what was learned through that user's own sessions.
+
+    Nothing learned as one user serves another: ``getent`` runs through the user's
+    login shell, which that user controls, so each user has their own ``IdNames``
+    (least recently used users are forgotten beyond ``_MAX_USERS``). The write
+    guard keeps the roots' real paths per SFTP session (see ``WriteGuard``).
+    """
 
     def __init__(self, system: SystemSettings) -> None:
         self.policy = PathPolicy(system.name, (fs.path for fs in system.filesystems))
         self.guard = WriteGuard(self.policy)
-        self.names = IdNames()
+        self._names: OrderedDict[str, IdNames] = OrderedDict()
+
+    def names(self, username: str) -> IdNames:
+        found = self._names.pop(username, None) or IdNames()
+        self._names[username] = found
+        while len(self._names) > _MAX_USERS:
+            self._names.popitem(last=False)
+        return found
 
 
 _STATE: weakref.WeakKeyDictionary[SshPool, dict[str, _SystemState]] = weakref.WeakKeyDictionary()
@@ -99,6 +119,12 @@ def _errors(path: str) -> Iterator[None]:
     except asyncssh.SFTPError as exc:
         reason = exc.reason if exc.reason and exc.reason != "Failure" else "operation failed"
         raise BadRequest(f"{reason}: {shown(path)}") from None
+
+
+def _changed(path: str) -> Conflict:
+    return Conflict(
+        f"The file changed since the download URL was issued: {shown(path)}; ask for a new URL"
+    )
 
 
 def _command_error(result: CommandResult, command: str) -> ApiError:
@@ -202,7 +228,7 @@ class SftpFilesystem(Filesystem):
         state = _state(pool, system)
         self.policy = state.policy
         self._guard = state.guard
-        self._names = state.names
+        self._names = state.names(username)
         self.limits = system.filesystem_limits
         self._timeout = system.ssh.command_timeout
 
@@ -354,60 +380,90 @@ class SftpFilesystem(Filesystem):
                     numeric_uid=numeric_uid,
                     dereference=False,
                 )
-            files: list[File] = []
-            await self._list_into(
+            return await self._list_tree(
                 sftp,
-                files,
                 _raw(path),
-                "",
                 show_hidden=show_hidden,
                 numeric_uid=numeric_uid,
                 recursive=recursive,
                 dereference=dereference,
             )
-            return files
 
-    async def _list_into(
+    async def _list_tree(
         self,
         sftp: asyncssh.SFTPClient,
-        files: list[File],
-        directory: bytes,
-        prefix: str,
+        top: bytes,
         *,
         show_hidden: bool,
         numeric_uid: bool,
         recursive: bool,
         dereference: bool,
-    ) -> None:
-        """Append ``directory``'s entries, then (recursive) each subdirectory's, like ls -R."""
-        with _errors(_shown_raw(directory)):
-            listing = await sftp.readdir(directory)
-        rows: list[_Row] = []
-        for entry in listing:
-            raw = entry.filename
-            assert isinstance(raw, bytes)
-            if raw in (b".", b"..") or (raw.startswith(b".") and not show_hidden):
-                continue
-            longname = entry.longname
-            text = longname.decode("utf-8", "replace") if isinstance(longname, bytes) else longname
-            rows.append((prefix + _shown_raw(raw), _child(directory, raw), entry.attrs, text))
-        rows.sort(key=lambda row: row[1])
-        listed = await self._entries(sftp, rows, numeric_uid=numeric_uid, dereference=dereference)
-        files.extend(listed)
-        if not recursive:
-            return
-        for (name, full, attrs, _), entry in zip(rows, listed, strict=True):
-            if entry.type == "d" and not is_link(attrs):
-                await self._list_into(
-                    sftp,
-                    files,
-                    full,
-                    name + "/",
-                    show_hidden=show_hidden,
-                    numeric_uid=numeric_uid,
-                    recursive=True,
-                    dereference=dereference,
+    ) -> list[File]:
+        """``top``'s entries, then (recursive) each subdirectory's, in ``ls -R`` order.
+
+        Bounded: at most ``max_listing_entries`` entries in all and (recursive)
+        ``max_recursion_depth`` levels below ``top``; past either, 400 naming the
+        setting. Iterative, so no depth reaches Python's recursion limit; symlinks
+        to directories are listed, never descended into.
+        """
+        files: list[File] = []
+        pending: list[tuple[bytes, str, int]] = [(top, "", 0)]  # a stack: next on top
+        while pending:
+            directory, prefix, depth = pending.pop()
+            if depth > self.limits.max_recursion_depth:
+                raise BadRequest(
+                    f"The directory tree is deeper than filesystem_limits.max_recursion_depth "
+                    f"({self.limits.max_recursion_depth} levels): {shown(prefix)}"
                 )
+            rows = await self._read_directory(
+                sftp, directory, prefix, show_hidden, self.limits.max_listing_entries - len(files)
+            )
+            listed = await self._entries(
+                sftp, rows, numeric_uid=numeric_uid, dereference=dereference
+            )
+            files.extend(listed)
+            if recursive:
+                subdirectories = [
+                    (full, name + "/", depth + 1)
+                    for (name, full, attrs, _), entry in zip(rows, listed, strict=True)
+                    if entry.type == "d" and not is_link(attrs)
+                ]
+                pending.extend(reversed(subdirectories))
+        return files
+
+    async def _read_directory(
+        self,
+        sftp: asyncssh.SFTPClient,
+        directory: bytes,
+        prefix: str,
+        show_hidden: bool,
+        room: int,
+    ) -> list[_Row]:
+        """The rows of one directory, sorted; 400 once more than ``room`` are read."""
+        rows: list[_Row] = []
+        with _errors(_shown_raw(directory)):
+            async with contextlib.aclosing(sftp.scandir(directory)) as entries:
+                async for entry in entries:
+                    raw = entry.filename
+                    assert isinstance(raw, bytes)
+                    if raw in (b".", b"..") or (raw.startswith(b".") and not show_hidden):
+                        continue
+                    if len(rows) >= room:
+                        raise BadRequest(
+                            "The listing has more entries than filesystem_limits."
+                            f"max_listing_entries ({self.limits.max_listing_entries})"
+                        )
+                    longname = entry.longname
+                    text = (
+                        longname.decode("utf-8", "replace")
+                        if isinstance(longname, bytes)
+                        else longname
+                    )
+                    rows.append(
+                        (prefix + _shown_raw(raw), _child(directory, raw), entry.attrs, text)
+                    )
+        rows.sort(key=lambda row: row[1])
+        return rows
 
     async def describe(
         self, path: str, *, numeric_uid: bool = False, dereference: bool = False
@@ -555,9 +611,53 @@ class SftpFilesystem(Filesystem):
         data = await self.read_range(path, offset, length)
         return data.decode("utf-8", errors="replace")
 
+    @asynccontextmanager
+    async def _open_checked(
+        self, sftp: asyncssh.SFTPClient, path: str
+    ) -> AsyncIterator[tuple[asyncssh.SFTPClientFile, asyncssh.SFTPAttrs]]:
+        """An open regular file and what ``fstat`` of the handle says: the file opened,
+        not whatever the path names a moment later."""
+        async with self._open_regular(sftp, path) as (handle, _):
+            with _errors(path):
+                attrs = await handle.stat()
+            if not is_regular(attrs):
+                raise BadRequest(f"Not a regular file: {shown(path)}")
+            yield handle, attrs
+
+    async def identify(self, path: str) -> FileIdentity:
+        """The regular file at ``path`` as an opened handle sees it, to bind a URL to.
+
+        Refused: a symlink at ``path`` owned by another user than the caller, root or
+        the file's owner (403: a group member's link would make the caller hand out a
+        file of their own), and a file that changed between lookup and open (409).
+        """
+        path = self._check(path)
+        async with self._session() as sftp:
+            before = await self._lstat(sftp, path)
+            async with self._open_checked(sftp, path) as (_, attrs):
+                pass
+            if is_link(before):
+                caller = await self._stat(sftp, ".")  # the home directory: the caller's
+                if before.uid not in (0, attrs.uid, caller.uid):
+                    raise Forbidden(
+                        f"{shown(path)} is a symbolic link owned by another user; "
+                        "give the path it leads to"
+                    )
+                return FileIdentity.of(attrs, link=True)
+        identity = FileIdentity.of(attrs)
+        if not identity.same_file(before):
+            raise Conflict(f"The file changed while it was being opened: {shown(path)}")
+        return identity
+
     async def open_read(
-        self, path: str, *, offset: int = 0, length: int | None = None
+        self,
+        path: str,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        bound: FileIdentity | None = None,
     ) -> ReadStream:
+        """``bound``: only the file ``identify`` saw (409 for another one at ``path``)."""
         path = self._check(path)
         if offset < 0 or (length is not None and length < 0):
             raise BadRequest("The range to read must not be negative")
@@ -567,13 +667,18 @@ class SftpFilesystem(Filesystem):
                 self._pool.sftp(self._system.name, self._username)
             )
             async with asyncio.timeout(self._timeout):
-                handle, size = await stack.enter_async_context(self._open_regular(sftp, path))
+                if bound is not None:
+                    await self._check_bound_path(sftp, path, bound)
+                handle, attrs = await stack.enter_async_context(self._open_checked(sftp, path))
+                if bound is not None and not bound.same_file(attrs):
+                    raise _changed(path)
         except TimeoutError:
             await stack.aclose()
             raise RequestTimeout("Opening the file on the cluster timed out") from None
         except BaseException:
             await stack.aclose()
             raise
+        size = attrs.size or 0
         if size > self.limits.max_ops_file_size:
             await stack.aclose()
             raise PayloadTooLarge(
@@ -591,6 +696,21 @@ class SftpFilesystem(Filesystem):
             chunk_size=self.limits.chunk_size,
             timeout=self._timeout,
         )
+
+    async def _check_bound_path(
+        self, sftp: asyncssh.SFTPClient, path: str, bound: FileIdentity
+    ) -> None:
+        """A path bound as a regular file must still be that file, not a symlink."""
+        if bound.link:
+            return  # the link was the caller's choice; the handle's fstat decides
+        attrs = await self._lstat(sftp, path)
+        if is_link(attrs):
+            raise Conflict(
+                f"{shown(path)} is now a symbolic link; it was a regular file when the "
+                "download URL was issued"
+            )
+        if not bound.same_file(attrs):
+            raise _changed(path)
 
     async def checksum(self, path: str) -> FileChecksum:
         path = self._check(path)
@@ -625,48 +745,77 @@ class SftpFilesystem(Filesystem):
         max_size: int | None = None,
         keep_partial: bool = False,
     ) -> int:
+        """Replace ``path`` with ``chunks``; never opens an existing file for writing.
+
+        The bytes go into a new private file beside ``path`` (``staging``), renamed
+        over it at the end, so a symlink swapped in by another user of the directory
+        is replaced, never written through, and a failed upload leaves the target as
+        it was. Hence only whole-file writes (``offset`` 0, ``truncate``);
+        ``keep_partial`` has nothing to keep (transfers write parts with
+        ``write_staged``).
+        """
         path = self._check(path)
-        if offset < 0:
-            raise BadRequest("The write offset must not be negative")
+        if offset != 0 or not truncate:
+            raise BadRequest("Only whole files are written: an upload replaces the file")
         limit = self.limits.max_ops_file_size if max_size is None else max_size
         async with self._pool.sftp(self._system.name, self._username) as sftp:
             try:
                 async with asyncio.timeout(self._timeout):
-                    handle, created = await self._open_for_write(sftp, path, truncate=truncate)
+                    staged, handle = await self._open_for_write(sftp, path)
             except TimeoutError:
                 raise RequestTimeout("Opening the file on the cluster timed out") from None
-            written = 0
             try:
-                written = await self._write_chunks(handle, chunks, path, offset, limit)
-            except BaseException:
+                written = await self._write_chunks(handle, chunks, path, 0, limit)
+                async with asyncio.timeout(self._timeout):
+                    await self._guard_write(sftp, path, follow_final=False)
+                    await staging.commit(sftp, staged, path, handle=handle)
+            except BaseException as exc:
                 with contextlib.suppress(Exception):
                     await handle.close()
-                if created and not keep_partial:
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(sftp.remove(path))
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(staging.discard(sftp, staged))
+                if isinstance(exc, TimeoutError):
+                    raise RequestTimeout("Writing to the cluster timed out") from None
                 raise
-            with _errors(path):
-                await handle.close()
         return written
 
     async def _open_for_write(
-        self, sftp: asyncssh.SFTPClient, path: str, *, truncate: bool
-    ) -> tuple[asyncssh.SFTPClientFile, bool]:
-        await self._guard_write(sftp, path, follow_final=True)
-        try:
-            existing: asyncssh.SFTPAttrs | None = await sftp.stat(path)
-        except asyncssh.SFTPError:
-            existing = None  # missing (or unreadable: then the open below says why)
-        if existing is not None and is_dir(existing):
-            raise BadRequest(f"Is a directory: {shown(path)}")
-        if existing is not None and not is_regular(existing):
-            raise BadRequest(f"Not a regular file: {shown(path)}")
-        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT
-        if truncate:
-            flags |= asyncssh.FXF_TRUNC
-        with _errors(path):
-            handle = await sftp.open(path, flags, encoding=None)
-        return handle, existing is None
+        self, sftp: asyncssh.SFTPClient, path: str
+    ) -> tuple[staging.Staged, asyncssh.SFTPClientFile]:
+        """A staged file for ``path`` (whose parents the write guard checked)."""
+        await self._guard_write(sftp, path, follow_final=False)
+        await staging.check_replaceable(sftp, path)
+        return await staging.create(sftp, path)
+
+    async def write_staged(
+        self,
+        staged: staging.Staged,
+        chunks: AsyncIterable[bytes],
+        *,
+        offset: int,
+        max_size: int,
+    ) -> int:
+        """Write ``chunks`` at ``offset`` into a transfer's staged file (a part).
+
+        The file is reopened by its secret path without ``O_CREAT`` and checked
+        before anything is written (409 if it was swapped).
+        """
+        shown_path = staged.directory
+        async with self._pool.sftp(self._system.name, self._username) as sftp:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    handle = await staging.reopen(sftp, staged)
+            except TimeoutError:
+                raise RequestTimeout("Opening the file on the cluster timed out") from None
+            try:
+                written = await self._write_chunks(handle, chunks, shown_path, offset, max_size)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await handle.close()
+                raise
+            with _errors(shown_path):
+                await handle.close()
+        return written
 
     async def _write_chunks(
         self,
@@ -779,42 +928,30 @@ class SftpFilesystem(Filesystem):
                 return None
 
     async def remove(self, path: str) -> None:
+        """rm -r that a co-tenant cannot redirect.
+
+        Checked first over SFTP (policy, write guard, no co-tenant's symlink on the
+        way, exists: 404), then one GNU ``rm -r --one-file-system -- ./name`` as the
+        user in the parent directory, reached component by component and checked
+        (``shellops``): a parent swapped after these checks makes it refuse (409),
+        never follow. The final component is never followed (a symlink is removed
+        as a link), and rm walks a tree with fts (openat, O_NOFOLLOW, device/inode
+        checks), so a subdirectory swapped for a symlink mid-walk is removed as a
+        link; it has no depth limit. Not SFTP remove/rmdir: those take a path whose
+        parents the cluster resolves again at use, a swapped parent included.
+        """
         path = self._check(path)
-        if path in self.policy.roots:
+        if path in self.policy.roots or path == "/":
             raise Forbidden(f"Refusing to remove a filesystem root: {shown(path)}")
         async with self._session() as sftp:
             await self._guard_write(sftp, path, follow_final=False)
-            attrs = await self._lstat(sftp, path)
-            if is_dir(attrs):
-                await self._remove_tree(sftp, _raw(path))
-            else:
-                with _errors(path):
-                    await sftp.remove(path)
-
-    async def _remove_tree(self, sftp: asyncssh.SFTPClient, directory: bytes) -> None:
-        """rm -r without following symlinks (readdir attributes are lstat's)."""
-        shown_directory = _shown_raw(directory)
-        with _errors(shown_directory):
-            listing = await sftp.readdir(directory)
-        subdirectories: list[bytes] = []
-        files: list[bytes] = []
-        for entry in listing:
-            name = entry.filename
-            assert isinstance(name, bytes)
-            if name in (b".", b".."):
-                continue
-            (subdirectories if is_dir(entry.attrs) else files).append(_child(directory, name))
-        for start in range(0, len(files), _REMOVE_CONCURRENCY):
-            batch = files[start : start + _REMOVE_CONCURRENCY]
-            with _errors(shown_directory):
-                await asyncio.gather(*(sftp.remove(name) for name in batch))
-        for subdirectory in subdirectories:
-            await self._remove_tree(sftp, subdirectory)
-        try:
-            with _errors(shown_directory):
-                await sftp.rmdir(directory)
-        except BadRequest:
-            raise BadRequest(f"Directory not empty: {shown(shown_directory)}") from None
+            await self._refuse_foreign_links(sftp, path)
+            await self._lstat(sftp, path)
+        result = await self._runner.run(
+            shellops.argv(shellops.remove_call(parent(path), posixpath.basename(path)))
+        )
+        if not result.ok:
+            raise shellops.error_for(result, "remove", path)
 
     async def rename(self, source: str, target: str) -> None:
         source = self._check(source, "source path")
@@ -830,17 +967,28 @@ class SftpFilesystem(Filesystem):
                     await sftp.rename(source, target)
 
     async def chmod(self, path: str, mode: str) -> File:
+        """chmod that never follows a symlink: a symlink is refused (400), and the
+        change is an ``lsetstat`` (fchmodat with AT_SYMLINK_NOFOLLOW), so a link
+        swapped in after the check fails the call instead of being followed."""
         parsed = Mode.parse(mode)
         path = self._check(path)
         async with self._session() as sftp:
-            await self._guard_write(sftp, path, follow_final=True)
-            current = await self._stat(sftp, path)
+            await self._guard_write(sftp, path, follow_final=False)
+            await self._refuse_foreign_links(sftp, path)
+            current = await self._lstat(sftp, path)
+            _refuse_link(current, path, "change the mode of")
             new_mode = parsed.apply(mode_of(current), is_dir=is_dir(current))
-            with _errors(path):
-                await sftp.chmod(path, new_mode)
+            await self._set_attrs(
+                sftp, path, asyncssh.SFTPAttrs(permissions=new_mode), "change the mode of"
+            )
             return await self._describe(sftp, path, numeric_uid=False, dereference=False)
 
     async def chown(self, path: str, owner: str = "", group: str = "") -> File:
+        """chown/chgrp that never follows a symlink (refused with 400, like chmod).
+
+        Names resolve with this user's own ``getent`` (their cache, never another
+        user's); numeric ids beyond 2^32-2 are refused (400).
+        """
         if not owner and not group:
             raise BadRequest("Give an owner, a group or both")
         if owner:
@@ -855,15 +1003,36 @@ class SftpFilesystem(Filesystem):
         if group and gid is None:
             raise BadRequest(f"No such group on system {self._system.name}: {group!r}")
         async with self._session() as sftp:
-            await self._guard_write(sftp, path, follow_final=True)
-            current = await self._stat(sftp, path)
-            with _errors(path):
-                await sftp.chown(
-                    path,
-                    uid=current.uid if uid is None else uid,
-                    gid=current.gid if gid is None else gid,
-                )
+            await self._guard_write(sftp, path, follow_final=False)
+            await self._refuse_foreign_links(sftp, path)
+            current = await self._lstat(sftp, path)
+            _refuse_link(current, path, "change the owner of")
+            attrs = asyncssh.SFTPAttrs(
+                uid=current.uid if uid is None else uid,
+                gid=current.gid if gid is None else gid,
+            )
+            await self._set_attrs(sftp, path, attrs, "change the owner of")
             return await self._describe(sftp, path, numeric_uid=False, dereference=False)
+
+    async def _refuse_foreign_links(self, sftp: asyncssh.SFTPClient, path: str) -> None:
+        """403 if ``path``'s parents pass through a co-tenant's symlink (``WriteGuard``)."""
+        with _errors(path):
+            await self._guard.refuse_foreign_links(sftp, path, include_final=False)
+
+    async def _set_attrs(
+        self, sftp: asyncssh.SFTPClient, path: str, attrs: asyncssh.SFTPAttrs, what: str
+    ) -> None:
+        """``lsetstat@openssh.com``: never follows a symlink at ``path``."""
+        try:
+            with _errors(path):
+                await sftp.setstat(path, attrs, follow_symlinks=False)
+        except BadRequest:
+            now = await self._exists(sftp, path)
+            if now is not None and is_link(now):
+                raise BadRequest(
+                    f"Refusing to {what} {shown(path)}: it became a symbolic link"
+                ) from None
+            raise
 
     async def symlink(self, target: str, link: str) -> File:
         target = self._check(target, "source path")
@@ -898,30 +1067,39 @@ class SftpFilesystem(Filesystem):
         dereference: bool = False,
         compression: CompressionType = "gzip",
     ) -> None:
+        """tar ``source`` into ``target`` through a fresh temporary file renamed over it.
+
+        A symlink planted at ``target`` is replaced, never written through; both
+        directories are reached component by component (``shellops``).
+        """
         source = self._check(source, "source path")
         target = self._check(target, "target path")
         if source in ("/",):
             raise BadRequest("Cannot archive the root directory")
+        if target in self.policy.roots:
+            raise BadRequest(f"Is a directory: {shown(target)}")
         async with self._session() as sftp:
-            await self._guard_write(sftp, target, follow_final=True)
+            await self._guard_write(sftp, target, follow_final=False)
             await self._lstat(sftp, source)
-        directory, name = posixpath.split(source)
-        options = [*_TAR_FLAGS[compression], *(["--dereference"] if dereference else [])]
-        if not match_pattern:
-            await self._run(["tar", "-c", *options, "-f", target, "-C", directory, "--", name])
-            return
-        found = await self._run(
-            ["env", "-C", directory, "find", "./" + name, "-type", "f",
-             "-regex", match_pattern, "-print0"]
-        )  # fmt: skip
-        await self._run(
-            ["tar", "-c", *options, "-f", target, "-C", directory, "--null", "--files-from=-"],
-            stdin=found.stdout,
+        argv = shellops.compress_call(
+            source,
+            target,
+            match_pattern=match_pattern,
+            dereference=dereference,
+            compression=compression,
         )
+        result = await self._runner.run(shellops.argv(argv))
+        if not result.ok:
+            raise shellops.error_for(result, "compress into", target)
 
     async def extract(
         self, source: str, target: str, *, compression: CompressionType = "gzip"
     ) -> None:
+        """GNU tar into a private directory, then its entries renamed into ``target``.
+
+        Nothing is written through a symlink, whether planted in the target or made
+        by the archive, and nothing existing is replaced (409); see ``shellops``.
+        """
         source = self._check(source, "source path")
         target = self._check(target, "target path")
         async with self._session() as sftp:
@@ -931,7 +1109,10 @@ class SftpFilesystem(Filesystem):
                 raise BadRequest(f"Not a regular file: {shown(source)}")
             if not is_dir(await self._stat(sftp, target)):
                 raise BadRequest(f"Not a directory: {shown(target)}")
-        await self._run(["tar", "-x", *_TAR_FLAGS[compression], "-f", source, "-C", target])
+        call = shellops.extract_call(target, source, compression)
+        result = await self._runner.run(shellops.argv(call))
+        if not result.ok:
+            raise shellops.error_for(result, "extract into", target)
 
 
 def _raw(path: str) -> bytes:
@@ -945,6 +1126,13 @@ def _child(directory: bytes, name: bytes) -> bytes:
 def _shown_raw(path: bytes) -> str:
     """A path or name from the cluster as text (undecodable bytes replaced)."""
     return path.decode("utf-8", errors="replace")
+
+
+def _refuse_link(attrs: asyncssh.SFTPAttrs, path: str, what: str) -> None:
+    if is_link(attrs):
+        raise BadRequest(
+            f"Refusing to {what} a symbolic link: {shown(path)} (name the file it points to)"
+        )
 
 
 def _check_counts(bytes_: int | None, lines: int | None) -> None:

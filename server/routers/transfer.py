@@ -235,7 +235,7 @@ async def get_download(
 async def head_download(service: ServiceDep, request: Request, transfer_id: TransferId) -> Response:
     """The file's size (the GET URL's signature is good for HEAD too)."""
     transfer = _verified(service, request, transfer_id, Download, "GET", multipart.DOWNLOAD_PATH)
-    size = await service.side_of(transfer).size_of(transfer.target)
+    size = await multipart.download_size(service, transfer)
     headers = {"Content-Length": str(size), "Accept-Ranges": "bytes"}
     return Response(status_code=status.HTTP_200_OK, headers=headers)
 

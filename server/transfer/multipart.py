@@ -1,17 +1,19 @@
 """transfer/upload and transfer/download: pyfirecrest's "s3" flow, served by this server.
 
 Upload
-    ``POST transfer/upload`` checks the target, creates an empty temporary file
-    ``.hpcgate-upload-<id>`` beside it and submits the transfer job. It answers with
-    one signed ``PUT`` URL per part (``partsUploadUrls``, parts of ``maxPartSize``
-    bytes, the last one shorter) and a signed ``completeUploadUrl``. Each part's body
-    is streamed over SFTP straight into the temporary file at offset
-    ``(partNumber - 1) * maxPartSize``; the answer's ``ETag`` is the quoted MD5 of
-    the part, as S3 gives. ``POST completeUploadUrl`` with S3's
-    CompleteMultipartUpload XML checks that every part is listed once, in order,
-    with its ETag, and that the file has the announced size, then renames the
-    temporary file over the target (a failed or abandoned upload never leaves a
-    partial target) and writes the job's completion marker.
+    ``POST transfer/upload`` checks the target, creates a private staging directory
+    ``.hpcgate-upload-<random>`` beside it holding the staged file (a secret name,
+    the announced size; see ``hpcgate.filesystem.staging``) and submits the transfer
+    job. It answers with one signed ``PUT`` URL per part (``partsUploadUrls``, parts
+    of ``maxPartSize`` bytes, the last one shorter) and a signed
+    ``completeUploadUrl``. Each part's body is streamed over SFTP straight into the
+    staged file at offset ``(partNumber - 1) * maxPartSize``, after the reopened file
+    checks out (409 if another user swapped the staging directory); the answer's
+    ``ETag`` is the quoted MD5 of the part, as S3 gives. ``POST completeUploadUrl``
+    with S3's CompleteMultipartUpload XML checks that every part is listed once, in
+    order, with its ETag, then renames the staged file over the target (a failed or
+    abandoned upload never leaves a partial target) and writes the job's completion
+    marker.
 
     The job (``scripts.await_upload``) polls for that marker every
     ``transfer.job_poll_seconds`` until the transfer's deadline; then it checks the
@@ -21,9 +23,12 @@ Upload
 Download
     ``POST transfer/download`` checks the file is readable, submits a job that
     checks it again on the cluster and logs "File was successfully made ready for
-    download", and answers with a signed ``downloadUrl``. ``GET downloadUrl``
-    streams the file over SFTP with its Content-Length; a single ``Range`` is
-    answered with 206.
+    download", and answers with a signed ``downloadUrl`` bound to the file as an
+    opened handle saw it (size, mtime, owner, group, mode). ``GET downloadUrl``
+    opens the file again and streams it over SFTP with its Content-Length only if
+    it is still that file, and the path is not a symlink where it was a regular
+    file (409 otherwise: another user swapped it, or it changed); a single
+    ``Range`` is answered with 206.
 
 The data crosses the cluster filesystem once: no staging copy, no S3.
 """
@@ -112,7 +117,7 @@ async def start_upload(side: UserSide, body: UploadRequest, base_url: str) -> Tr
     )
     service.store.add(upload)
     try:
-        target, upload.temp = await side.prepare_upload(target, transfer_id)
+        target, upload.staged = await side.prepare_upload(target, size)
         directory = await side.job_directory()
         upload.marker = posixpath.join(directory, f"upload-{transfer_id}.done")
         script = scripts.await_upload(
@@ -127,8 +132,8 @@ async def start_upload(side: UserSide, body: UploadRequest, base_url: str) -> Tr
         )
     except BaseException:
         service.store.remove(transfer_id)
-        if upload.temp:
-            service.spawn(side.abandon(upload.temp, None, "not started"))
+        if upload.staged is not None:
+            service.spawn(side.abandon(upload.staged, None, "not started"))
         raise
     upload.job_id = job.job_id
     urls = [
@@ -167,16 +172,13 @@ async def write_part(
         raise BadRequest(f"Part {number} must be exactly {length} bytes, not {declared_length}")
     if upload.writing[number]:
         raise Conflict(f"Part {number} is being uploaded already")
+    assert upload.staged is not None, "an open upload has its staged file"
     digest = hashlib.md5(usedforsecurity=False)
     upload.writing[number] += 1
     try:
         side = service.side_of(upload)
-        written = await side.fs.write_stream(
-            upload.temp,
-            _hashed(body, digest, length, number),
-            offset=offset,
-            truncate=False,
-            max_size=length,
+        written = await side.fs.write_staged(
+            upload.staged, _hashed(body, digest, length, number), offset=offset, max_size=length
         )
     finally:
         upload.writing[number] -= 1
@@ -239,12 +241,10 @@ async def complete(service: TransferService, upload: MultipartUpload, body: byte
         if upload.state == "open":
             if upload.writing:
                 raise Conflict("Parts are still being uploaded")
-            size = await side.size_of(upload.temp)
-            if size != upload.size:
-                raise BadRequest(
-                    f"The uploaded file has {size} bytes; {upload.size} were announced"
-                )
-            await side.put_in_place(upload.temp, upload.target)
+            assert upload.staged is not None, "an open upload has its staged file"
+            # every part was written whole (checked per part) into a file of the
+            # announced size (given at creation, checked on every reopen)
+            await side.put_in_place(upload.staged, upload.target)
             upload.state = "completed"
         if not upload.marked:
             await side.write_marker(upload.marker, "ok")
@@ -259,14 +259,15 @@ async def start_download(side: UserSide, body: DownloadRequest, base_url: str) -
     """Check the file, submit the job that says it is ready, hand out the signed URL."""
     _only_s3(body.transfer_directives.transfer_method)
     service = side.service
-    path, size = await side.regular_file(body.source_path)
+    path, identity = await side.regular_file(body.source_path)
     download = Download(
         id=new_id(),
         system=side.system.name,
         user=side.username,
         target=path,
-        size=size,
+        size=identity.size,
         expires_at=service.clock() + service.config.url_ttl_seconds,
+        identity=identity,
     )
     service.store.add(download)
     try:
@@ -320,16 +321,26 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 async def open_download(
     service: TransferService, download: Download, range_header: str | None
 ) -> tuple[ReadStream, tuple[int, int] | None]:
-    """The file opened for streaming (the whole of it, or the requested range)."""
-    side = service.side_of(download)
-    wanted = None
-    if range_header:
-        wanted = parse_range(range_header, await side.size_of(download.target))
+    """The file opened for streaming (the whole of it, or the requested range), if it
+    is still the file the URL was issued for (409 otherwise)."""
+    fs = service.side_of(download).fs
+    wanted = parse_range(range_header, download.size) if range_header else None
     if wanted is None:
-        return await side.fs.open_read(download.target), None
+        return await fs.open_read(download.target, bound=download.identity), None
     offset, length = wanted
-    stream = await side.fs.open_read(download.target, offset=offset, length=length)
+    stream = await fs.open_read(
+        download.target, offset=offset, length=length, bound=download.identity
+    )
     if stream.length != length:
         await stream.aclose()
         raise RangeNotSatisfiable(f"The file changed size: {shown(download.target)}")
     return stream, wanted
+
+
+async def download_size(service: TransferService, download: Download) -> int:
+    """The file's size for HEAD, after the same check as GET (no size of another file)."""
+    stream = await service.side_of(download).fs.open_read(
+        download.target, length=0, bound=download.identity
+    )
+    await stream.aclose()
+    return stream.file_size

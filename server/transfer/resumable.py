@@ -11,24 +11,27 @@ answer does too.
     absolute file to create; ``sha256`` the file's SHA-256, base64 of the 32 bytes
     (or of the 64 hex digits). 201 with ``Location`` (the upload's URL),
     ``Upload-Offset: 0`` and ``Upload-Expires``. The path is checked by the path
-    policy and the write guard; an empty temporary file ``.hpcgate-upload-<id>`` is
-    created beside the target.
+    policy and the write guard; a private staging directory
+    ``.hpcgate-upload-<random>`` holding the staged file (a secret name, the
+    announced size; see ``hpcgate.filesystem.staging``) is created beside the target.
 ``HEAD <upload URL>``
     200 with ``Upload-Offset`` (bytes committed so far) and ``Upload-Length``. If a
     PATCH of the upload is still being wound up, HEAD waits for it (bounded), so the
     offset it gives is where to resume.
 ``PATCH <upload URL>``
     ``Content-Type: application/offset+octet-stream``, ``Upload-Offset`` equal to the
-    committed offset (409 otherwise), the next bytes as the body. Bytes are written
+    committed offset (409 otherwise), the next bytes as the body. The staged file is
+    reopened and checked first (409 if another user swapped the staging directory:
+    nothing is written). Bytes are written
     over SFTP at the offset in order and committed as each write is acknowledged; if
     the connection breaks, every byte received up to then is written and committed.
     204 with the new ``Upload-Offset``. When the offset reaches ``Upload-Length`` the
     SHA-256 of the bytes (hashed as they were committed) is compared with the one
     given at creation: equal, the file is renamed over the target (keeping an existing
-    target's mode) and the answer is 204; different, the temporary file is removed,
+    target's mode) and the answer is 204; different, the staged file is removed,
     the upload ends, and the answer is 460 Checksum Mismatch.
 ``DELETE <upload URL>``
-    Termination: the temporary file is removed; 204.
+    Termination: the staged file and its directory are removed; 204.
 ``OPTIONS /filesystem/{system}/uploads``
     204 with ``Tus-Version``, ``Tus-Extension`` and ``Tus-Max-Size``.
 
@@ -55,12 +58,11 @@ import binascii
 import contextlib
 import hmac
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from email.utils import formatdate
 
-import asyncssh
-
 from hpcgate.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout
+from hpcgate.filesystem import staging
 from hpcgate.filesystem.sftp import _errors as sftp_errors
 from hpcgate.transfer.service import TransferService, UserSide
 from hpcgate.transfer.store import ResumableUpload, new_id
@@ -176,13 +178,22 @@ async def create(
     )
     service.store.add(upload)
     try:
-        upload.target, upload.temp = await side.prepare_upload(target, upload.id)
+        upload.target, upload.staged = await side.prepare_upload(target, length)
     except BaseException:
         service.store.remove(upload.id)
         raise
     if length == 0:
         await _finish(side, upload)
     return upload
+
+
+@contextlib.contextmanager
+def _tus_answer() -> Iterator[None]:
+    """A refusal from the staging (409: the staged file was swapped) as a tus answer."""
+    try:
+        yield
+    except Conflict as exc:
+        raise Conflict(exc.message, headers=tus_headers()) from None
 
 
 @contextlib.asynccontextmanager
@@ -257,14 +268,21 @@ async def _write(
     room = upload.size - upload.offset
     overflow = False
 
+    staged = upload.staged
+    assert staged is not None, "an open upload has its staged file"
     async with side.sftp() as sftp:
-        with sftp_errors(upload.temp):
-            await side.service.guard(side).check(sftp, upload.temp, follow_final=True)
-            handle = await sftp.open(upload.temp, asyncssh.FXF_WRITE, encoding=None)
+        try:
+            async with asyncio.timeout(timeout):
+                with _tus_answer():
+                    handle = await staging.reopen(sftp, staged)
+        except TimeoutError:
+            raise RequestTimeout(
+                "Opening the file on the cluster timed out", headers=tus_headers()
+            ) from None
 
         async def commit(data: bytes, position: int) -> None:
             async with asyncio.timeout(timeout):
-                with sftp_errors(upload.temp):
+                with sftp_errors(staged.directory):
                     await handle.write(data, position)
             await asyncio.to_thread(upload.hasher.update, data)
             upload.offset = position + len(data)
@@ -320,13 +338,15 @@ async def _finish(side: UserSide, upload: ResumableUpload) -> None:
     if not hmac.compare_digest(upload.hasher.digest(), upload.sha256):
         upload.state = "failed"
         side.service.store.remove(upload.id)
-        await side.abandon(upload.temp, None, "checksum mismatch")
+        await side.abandon(upload.staged, None, "checksum mismatch")
         raise ChecksumMismatch(
             "Checksum Mismatch: the SHA-256 of the uploaded bytes is not the one "
             "given at creation; the upload was discarded",
             headers=tus_headers(),
         )
-    await side.put_in_place(upload.temp, upload.target)
+    assert upload.staged is not None, "an open upload has its staged file"
+    with _tus_answer():
+        await side.put_in_place(upload.staged, upload.target)
     upload.state = "completed"
 
 
@@ -335,4 +355,4 @@ async def terminate(service: TransferService, upload: ResumableUpload) -> None:
         service.store.remove(upload.id)
         if upload.state == "open":
             upload.state = "failed"
-            await service.side_of(upload).abandon(upload.temp, None, "terminated")
+            await service.side_of(upload).abandon(upload.staged, None, "terminated")

@@ -7,6 +7,11 @@ or newline). On success each script prints the line pyfirecrest looks for in the
 output log ("Files were successfully ...", "File was successfully ...",
 "Multipart file upload successfully completed"); on failure it says why on
 standard error and exits non-zero.
+
+rm, compress and extract run the functions of ``hpcgate.filesystem.shellops`` (the
+same code as the ops/ routes): their directories are reached component by
+component and checked, so a symlink a co-tenant swaps in before or while the job
+runs is refused, never followed; extract goes through a private directory.
 """
 
 from __future__ import annotations
@@ -14,9 +19,8 @@ from __future__ import annotations
 import posixpath
 from shlex import quote
 
+from hpcgate.filesystem import shellops
 from hpcgate.filesystem.models import CompressionType
-
-_TAR_FLAGS: dict[str, str] = {"none": "", "gzip": " -z", "bzip2": " -j", "xz": " -J"}
 
 _HEADER = """#!/bin/bash
 # hpcgate transfer job: {what}
@@ -73,11 +77,18 @@ def copy(source: str, target: str, *, dereference: bool = False) -> str:
     )
 
 
+def _call(call: list[str]) -> str:
+    """A call of a ``shellops`` function, every argument quoted."""
+    return " ".join(quote(word) for word in call)
+
+
 def remove(path: str) -> str:
-    command = f"rm -r -- {quote(path)}"
+    directory, name = posixpath.split(path)
+    command = _call(shellops.remove_call(directory or "/", name))
     return _script(
         "rm",
-        _report(command, "Files were successfully removed: %s", "Removing %s failed", path),
+        shellops.LIBRARY
+        + _report(command, "Files were successfully removed: %s", "Removing %s failed", path),
     )
 
 
@@ -91,25 +102,21 @@ def compress(
 ) -> str:
     """tar ``source`` (relative to its parent) into ``target``; ``find -regex`` filters.
 
-    ``cd`` rather than ``tar -C``, and ``--no-unquote``: GNU tar would otherwise read
-    backslash escapes in those names.
+    Through a temporary file renamed over ``target`` (``shellops``); ``--no-unquote``:
+    GNU tar would otherwise read backslash escapes in the names.
     """
-    directory, name = posixpath.split(source)
-    flags = _TAR_FLAGS[compression] + (" --dereference" if dereference else "")
-    if match_pattern:
-        command = (
-            f"(cd -- {quote(directory)} && find {quote('./' + name)} -type f "
-            f"-regex {quote(match_pattern)} -print0 "
-            f"| tar -c{flags} -f {quote(target)} --null --files-from=-)"
-        )
-    else:
-        command = (
-            f"(cd -- {quote(directory)} && tar -c{flags} -f {quote(target)} --no-unquote "
-            f"-- {quote(name)})"
-        )
+    call = shellops.compress_call(
+        source,
+        target,
+        match_pattern=match_pattern,
+        dereference=dereference,
+        compression=compression,
+    )
+    command = _call(call)
     return _script(
         "compress",
-        _report(
+        shellops.LIBRARY
+        + _report(
             command,
             "Files were successfully compressed from %s into %s",
             "Compressing %s into %s failed",
@@ -120,10 +127,12 @@ def compress(
 
 
 def extract(source: str, target: str, *, compression: CompressionType = "gzip") -> str:
-    command = f"(cd -- {quote(target)} && tar -x{_TAR_FLAGS[compression]} -f {quote(source)})"
+    """GNU tar into a private directory in ``target``, then renamed in (``shellops``)."""
+    command = _call(shellops.extract_call(target, source, compression))
     return _script(
         "extract",
-        _report(
+        shellops.LIBRARY
+        + _report(
             command,
             "Files were successfully extracted from %s into %s",
             "Extracting %s into %s failed",

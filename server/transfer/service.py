@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import posixpath
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -25,10 +26,13 @@ import asyncssh
 
 from hpcgate.config import Settings, SystemSettings, TransferSettings
 from hpcgate.errors import BadRequest, Forbidden
-from hpcgate.filesystem.entries import is_dir, is_regular, mode_of
+from hpcgate.filesystem import staging
+from hpcgate.filesystem.entries import is_dir
+from hpcgate.filesystem.identity import FileIdentity
 from hpcgate.filesystem.paths import WriteGuard, join, parent, shown, validate_filename
 from hpcgate.filesystem.sftp import SftpFilesystem
 from hpcgate.filesystem.sftp import _errors as sftp_errors
+from hpcgate.filesystem.staging import Staged
 from hpcgate.remote import CommandRunner
 from hpcgate.scheduler.models import JobDescription
 from hpcgate.services import Services
@@ -45,7 +49,7 @@ from hpcgate.transfer.store import (
 
 log = logging.getLogger(__name__)
 
-TEMP_PREFIX = ".hpcgate-upload-"
+TEMP_PREFIX = staging.PREFIX
 _UNLIMITED = 2**62
 _SWEEP_SECONDS = 30.0
 
@@ -115,9 +119,9 @@ class TransferService:
                 continue
             side = self.side_of(transfer)
             if isinstance(transfer, MultipartUpload):
-                self.spawn(side.abandon(transfer.temp, transfer.marker, "expired"))
+                self.spawn(side.abandon(transfer.staged, transfer.marker, "expired"))
             elif isinstance(transfer, ResumableUpload):
-                self.spawn(side.abandon(transfer.temp, None, "expired"))
+                self.spawn(side.abandon(transfer.staged, None, "expired"))
 
 
 def _unlimited(system: SystemSettings) -> SystemSettings:
@@ -229,14 +233,14 @@ class UserSide:
                 await self.service.guard(self).check(sftp, path, follow_final=follow)
         return path
 
-    # -- uploads: temporary files and completion markers -------------------------------
+    # -- uploads: staged files and completion markers ----------------------------------
 
-    async def prepare_upload(self, raw: str, transfer_id: str) -> tuple[str, str]:
-        """(target, temp) for a new upload: checks, then creates the empty temp file."""
+    async def prepare_upload(self, raw: str, size: int) -> tuple[str, Staged]:
+        """(target, staged file) for a new upload of ``size`` bytes: checks, then the
+        private staging directory and file beside the target (``filesystem.staging``)."""
         target = self.fs.policy.check(raw)
         directory, name = parent(target), posixpath.basename(target)
         validate_filename(name)
-        temp = join(directory, TEMP_PREFIX + transfer_id)
         guard = self.service.guard(self)
         async with self.sftp() as sftp:
             with sftp_errors(target):
@@ -244,63 +248,50 @@ class UserSide:
             with sftp_errors(directory):
                 if not is_dir(await sftp.stat(directory)):
                     raise BadRequest(f"Not a directory: {shown(directory)}")
-            try:
-                existing = await sftp.stat(target)
-            except asyncssh.SFTPError:
-                existing = None  # missing, or unreadable: the rename will say
-            if existing is not None and is_dir(existing):
-                raise BadRequest(f"Is a directory: {shown(target)}")
-            flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL
+            await staging.check_replaceable(sftp, target)
+            staged, handle = await staging.create(sftp, target, size=size)
             with sftp_errors(directory):
-                handle = await sftp.open(temp, flags, encoding=None)
                 await handle.close()
-        return target, temp
+        return target, staged
 
-    async def size_of(self, path: str) -> int:
-        async with self.sftp() as sftp:
-            with sftp_errors(path):
-                return (await sftp.stat(path)).size or 0
-
-    async def put_in_place(self, temp: str, target: str) -> None:
-        """Rename ``temp`` over ``target``, keeping an existing target's mode."""
+    async def put_in_place(self, staged: Staged, target: str) -> None:
+        """Rename the staged file over ``target`` once it checks out (409 if it was
+        swapped), keeping an existing regular target's mode."""
         guard = self.service.guard(self)
         async with self.sftp() as sftp:
             with sftp_errors(target):
                 await guard.check(sftp, target, follow_final=False)
-            try:
-                existing = await sftp.stat(target)
-            except asyncssh.SFTPError:
-                existing = None
-            with sftp_errors(temp):
-                if existing is not None and is_regular(existing):
-                    await sftp.chmod(temp, mode_of(existing) & 0o7777)
-                await sftp.posix_rename(temp, target)
+            await staging.commit(sftp, staged, target)
 
     async def write_marker(self, marker: str, outcome: str) -> None:
-        """Tell the upload's job how it ended (written aside, renamed: never half-read)."""
-        aside = marker + ".new"
+        """Tell the upload's job how it ended (written aside, renamed: never half-read).
+
+        The aside file is a new one (``O_EXCL``, a random name): nothing existing is
+        opened for writing, even if the job directory is not private after all.
+        """
+        aside = f"{marker}.{secrets.token_hex(8)}.new"
+        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL
         async with self.sftp() as sftp:
             with sftp_errors(marker):
-                async with sftp.open(aside, "wb") as handle:
+                async with sftp.open(aside, flags, encoding=None) as handle:
                     await handle.write(outcome.encode()[:1000])
                 await sftp.posix_rename(aside, marker)
 
-    async def abandon(self, temp: str, marker: str | None, reason: str) -> None:
-        """Best effort: remove an unfinished upload's temp file, end its job's wait."""
-        with contextlib.suppress(Exception):
-            async with self.sftp() as sftp:
-                with contextlib.suppress(asyncssh.SFTPError):
-                    await sftp.remove(temp)
+    async def abandon(self, staged: Staged | None, marker: str | None, reason: str) -> None:
+        """Best effort: remove an unfinished upload's staging, end its job's wait."""
+        if staged is not None:
+            with contextlib.suppress(Exception):
+                async with self.sftp() as sftp:
+                    await staging.discard(sftp, staged)
         if marker:
             with contextlib.suppress(Exception):
                 await self.write_marker(marker, f"failed: {reason}")
 
-    async def regular_file(self, raw: str) -> tuple[str, int]:
-        """A readable regular file to download: (path, size)."""
+    async def regular_file(self, raw: str) -> tuple[str, FileIdentity]:
+        """A readable regular file to download: its path and identity (see
+        ``SftpFilesystem.identify``), which the download URL is bound to."""
         path = self.fs.policy.check(raw, what="source path")
-        stream = await self.fs.open_read(path, length=0)
-        await stream.aclose()
-        return path, stream.file_size
+        return path, await self.fs.identify(path)
 
 
 def part_size_for(config: TransferSettings, size: int) -> int:

@@ -3,12 +3,14 @@
 A signature is HMAC-SHA256 over one line per field::
 
     hpcgate-transfer-v1, METHOD, URL path, part number (0: none), expiry (epoch s),
-    transfer id, user, system, target path
+    transfer id, user, system, target path, file fingerprint (downloads; else empty)
 
 so a URL is good for one method on one path of one transfer, bound to the user and
-the file it was issued for, until it expires. The URL carries ``expires`` and
-``signature`` (hex) in its query; everything else is taken from the request and
-the transfer record, never from the URL's say-so. Comparison is constant-time.
+the file it was issued for (for a download, the identity of the opened file: size,
+mtime, owner, group, mode; see ``hpcgate.filesystem.identity``), until it expires.
+The URL carries ``expires`` and ``signature`` (hex) in its query; everything else is
+taken from the request and the transfer record, never from the URL's say-so.
+Comparison is constant-time.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Binding:
     user: str
     system: str
     target: str
+    fingerprint: str = ""
 
 
 class UrlSigner:
@@ -60,6 +63,7 @@ class UrlSigner:
                 binding.user,
                 binding.system,
                 binding.target,
+                binding.fingerprint,
             )
         ).encode("utf-8", "surrogatepass")
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()

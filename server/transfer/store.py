@@ -4,7 +4,8 @@ Transfers live in this process only: a restart forgets every transfer in flight.
 Their signed URLs then answer 404, resumable uploads must start again, and the
 Slurm job of a multipart upload gives up at the transfer's deadline (its log says
 the upload did not complete). Files already renamed into place are unaffected;
-half-written temporary files (``.hpcgate-upload-<id>``) are left behind.
+the private staging directories of unfinished uploads (``.hpcgate-upload-<random>``,
+see ``hpcgate.filesystem.staging``) are left behind.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from hpcgate.errors import NotFound, ServiceUnavailable
+from hpcgate.filesystem.identity import FileIdentity
+from hpcgate.filesystem.staging import Staged
 from hpcgate.transfer.signing import Binding
 
 State = Literal["open", "completed", "failed"]
@@ -53,7 +56,12 @@ class Transfer:
 
     @property
     def binding(self) -> Binding:
-        return Binding(self.id, self.user, self.system, self.target)
+        return Binding(self.id, self.user, self.system, self.target, self.fingerprint)
+
+    @property
+    def fingerprint(self) -> str:
+        """What else the URLs are bound to (a download: the file's identity)."""
+        return ""
 
     @property
     def expires(self) -> int:
@@ -62,9 +70,10 @@ class Transfer:
 
 @dataclass(eq=False)
 class MultipartUpload(Transfer):
-    """transfer/upload: parts written at their offsets into ``temp``, renamed on completion."""
+    """transfer/upload: parts written at their offsets into a staged file (its secret
+    name lives only here), renamed over the target on completion."""
 
-    temp: str = ""
+    staged: Staged | None = None
     part_size: int = 0
     marker: str = ""
     job_id: str = ""
@@ -84,16 +93,23 @@ class MultipartUpload(Transfer):
 
 @dataclass(eq=False)
 class Download(Transfer):
-    """transfer/download: the file is streamed from the cluster on GET."""
+    """transfer/download: the file is streamed from the cluster on GET, if it is still
+    the file ``identity`` describes (what an opened handle saw when the URL was made)."""
 
     job_id: str = ""
+    identity: FileIdentity | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity.fingerprint if self.identity is not None else ""
 
 
 @dataclass(eq=False)
 class ResumableUpload(Transfer):
-    """A tus upload: bytes committed in order into ``temp``; SHA-256 checked at the end."""
+    """A tus upload: bytes committed in order into a staged file; SHA-256 checked at
+    the end."""
 
-    temp: str = ""
+    staged: Staged | None = None
     sha256: bytes = b""
     offset: int = 0
     hasher: Any = field(default_factory=hashlib.sha256)

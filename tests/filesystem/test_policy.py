@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
+import asyncssh
 import httpx
 import pytest
 
@@ -100,11 +101,6 @@ async def test_writes_through_a_symlink_out_of_the_filesystems_are_refused(
             client.post("/mkdir", json={"path": f"{base}/out/made"}),
             client.post("/mkdir", json={"path": f"{base}/out/a/b", "parent": True}),
             client.post("/upload", params={"path": f"{base}/out"}, files={"file": ("f", b"x")}),
-            client.post("/upload", params={"path": base}, files={"file": ("dangling", b"x")}),
-            client.post("/upload", params={"path": base}, files={"file": ("victim-link", b"x")}),
-            client.put("/chmod", json={"path": f"{base}/out", "mode": "777"}),
-            client.put("/chmod", json={"path": f"{base}/victim-link", "mode": "777"}),
-            client.put("/chown", json={"path": f"{base}/out", "group": "project1"}),
             client.delete("/rm", params={"path": f"{base}/out/victim"}),
             client.post("/symlink", json={"path": base, "linkPath": f"{base}/out/l"}),
             client.post("/compress", json={"path": base, "targetPath": f"{base}/out/a.tgz"}),
@@ -113,6 +109,20 @@ async def test_writes_through_a_symlink_out_of_the_filesystems_are_refused(
         for response in attempts:
             assert response.status_code == 403, (response.request.url, response.text)
             assert "symlink" in response.json()["message"]
+        # chmod and chown never follow a symlink, wherever it leads (400)
+        for response in [
+            client.put("/chmod", json={"path": f"{base}/out", "mode": "777"}),
+            client.put("/chmod", json={"path": f"{base}/victim-link", "mode": "777"}),
+            client.put("/chown", json={"path": f"{base}/out", "group": "project1"}),
+        ]:
+            assert response.status_code == 400, (response.request.url, response.text)
+            assert "symbolic link" in response.json()["message"]
+        # an upload onto a link replaces the link by a regular file: never writes through
+        for name in ("dangling", "victim-link"):
+            response = client.post("/upload", params={"path": base}, files={"file": (name, b"x")})
+            assert response.status_code == 204, response.text
+            attrs = await sftp.lstat(f"{base}/{name}")
+            assert attrs.type == asyncssh.FILEXFER_TYPE_REGULAR
         assert sorted(await sftp.listdir(outside)) == [".", "..", "victim"]
         async with sftp.open(f"{outside}/victim") as handle:
             assert await handle.read() == "v"

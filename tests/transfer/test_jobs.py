@@ -205,3 +205,29 @@ async def test_jobs_run_as_each_user_in_a_private_directory(
     assert "/home/hpcuser2/" in job["workingDirectory"]
     assert (await sftp.stat(job["workingDirectory"])).permissions & 0o077 == 0
     assert await read_text(sftp, f"{base}/c") == "2"
+
+
+async def test_extract_job_never_writes_through_a_link_planted_in_the_target(
+    xfer: TransferServer, space: dict[str, str], sftp_as: Any
+) -> None:
+    """A symlink in the target (here the user's own) is neither followed nor replaced:
+    the job fails and names it (tests/security/test_extract.py has a co-tenant's
+    attacks on the victim's home, through the same script)."""
+    sftp = await sftp_as("hpcuser1")
+    base = space["hpcuser1"]
+    await sftp.mkdir(f"{base}/out")
+    await sftp.mkdir(f"{base}/elsewhere")
+    await sftp.symlink(f"{base}/elsewhere", f"{base}/out/sub")
+    await _put(sftp, f"{base}/in.tar.gz", _archive({"sub/.bashrc": b"echo pwned\n"}))
+    async with xfer.async_client("hpcuser1") as client:
+        response = await client.post(
+            xfer.path("transfer/extract"),
+            json={"sourcePath": f"{base}/in.tar.gz", "targetPath": f"{base}/out"},
+        )
+        assert response.status_code == 201, response.text
+        job = response.json()["transferJob"]
+        ended = await wait_for_job(client, xfer.system, job["jobId"], timeout=300)
+    assert ended["status"]["state"] == "FAILED"
+    assert "sub already exists" in await read_text(sftp, job["logs"]["errorLog"])
+    assert sorted(await sftp.listdir(f"{base}/elsewhere")) == [".", ".."]
+    assert sorted(await sftp.listdir(f"{base}/out")) == [".", "..", "sub"]

@@ -88,7 +88,7 @@ async def test_mv_cp_rm_compress_extract(
     base, system = space["hpcuser1"], slow_ops.system
     setup = (
         f"set -e; cd {base}; mkdir tree out many; head -c 16M /dev/urandom > tree/random; "
-        "echo hello > tree/small.txt; echo move > it\\'s; (cd many; seq 1 20000 | xargs touch)"
+        "echo hello > tree/small.txt; echo move > it\\'s; (cd many; seq 1 200000 | xargs touch)"
     )
     await (await ssh_as("hpcuser1")).run(setup, check=True)
     fc = _client(slow_ops)
@@ -104,7 +104,7 @@ async def test_mv_cp_rm_compress_extract(
     moved, copied, removed, _, failed = await asyncio.gather(
         fc.mv(system, f"{base}/it's", f"{base}/moved"),
         fc.cp(system, f"{base}/tree", f"{base}/copy"),
-        fc.rm(system, f"{base}/many"),  # 20000 files: ops/rm answers 408
+        fc.rm(system, f"{base}/many"),  # 200,000 files: ops/rm (GNU rm) answers 408
         compress_then_extract(),
         fc.mv(system, f"{base}/tree/small.txt", f"{base}/no/such/dir/x"),
         return_exceptions=True,

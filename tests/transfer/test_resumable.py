@@ -99,7 +99,7 @@ async def test_interrupted_upload_resumes_to_a_verified_file(
         assert not await sftp.exists(target)
 
         # only the committed offset is accepted; others are told where it is
-        wrong = await _patch(client, url, offset + 1, data[offset + 1 :])
+        wrong = await _patch(client, url, offset + 1, data[offset + 1 : offset + 101])
         assert wrong.status_code == 409
         assert wrong.headers["Upload-Offset"] == str(offset)
         # another user does not see the upload

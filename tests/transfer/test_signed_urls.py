@@ -83,7 +83,9 @@ async def test_multipart_upload_checks_every_part(
             assert etags[number] == f'"{hashlib.md5(chunks[number - 1]).hexdigest()}"'
 
         # a part of the wrong size is refused, and does not count; so is a bad Content-MD5
-        short = await anon.put(urls[1], content=chunks[1][:-1])
+        # (bodies refused before they are read are kept small: the server closes the
+        # connection after such an answer instead of draining the body)
+        short = await anon.put(urls[1], content=chunks[1][:100])
         assert short.status_code == 400 and "exactly" in short.text
         md5 = base64.b64encode(hashlib.md5(chunks[0]).digest()).decode()
         bad = await anon.put(urls[1], content=chunks[1], headers={"Content-MD5": md5})
@@ -117,7 +119,7 @@ async def test_multipart_upload_checks_every_part(
         assert "<CompleteMultipartUploadResult" in response.text
         again = await anon.post(complete, content=tags([1, 2, 3]))
         assert again.status_code == 200 and again.text == response.text
-        late = await anon.put(urls[0], content=chunks[0])
+        late = await anon.put(urls[0], content=chunks[0][:100])
         assert late.status_code == 409
 
         job = info["transferJob"]
@@ -163,7 +165,7 @@ async def test_tampered_and_expired_urls_are_refused(
             "complete's signature": _with_path(complete, path),
         }
         for reason, url in refused.items():
-            response = await anon.put(url, content=b"x" * PART_SIZE)
+            response = await anon.put(url, content=b"x" * 100)
             assert response.status_code == 403, (reason, response.text)
         # a part URL cannot complete, a complete URL cannot be read
         response = await anon.post(_with_path(part1, urlsplit(complete).path), content=b"")

@@ -7,10 +7,13 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from hpcgate.config import TransferSettings
-from hpcgate.errors import BadRequest, Forbidden, ServiceUnavailable
+from hpcgate.errors import BadRequest, Forbidden, PayloadTooLarge, ServiceUnavailable
+from hpcgate.filesystem.identity import FileIdentity
+from hpcgate.filesystem.staging import Staged
 from hpcgate.transfer import s3xml, scripts
 from hpcgate.transfer.multipart import RangeNotSatisfiable, parse_range
 from hpcgate.transfer.resumable import parse_metadata, target_and_digest
@@ -19,6 +22,7 @@ from hpcgate.transfer.signing import Binding, UrlSigner
 from hpcgate.transfer.store import Download, MultipartUpload, TransferStore
 
 NOW = 1_700_000_000.0
+NOW_INT = int(NOW)
 BINDING = Binding("a" * 32, "hpcuser1", "hpcsite", "/scratch/hpcuser1/f")
 
 
@@ -51,6 +55,7 @@ def test_signature_round_trip_and_every_field_bound() -> None:
         {"binding": Binding("b" * 32, "hpcuser1", "hpcsite", "/scratch/hpcuser1/f")},
         {"binding": Binding("a" * 32, "hpcuser2", "hpcsite", "/scratch/hpcuser1/f")},
         {"binding": Binding("a" * 32, "hpcuser1", "hpcsite", "/scratch/hpcuser1/g")},
+        {"binding": Binding("a" * 32, "hpcuser1", "hpcsite", "/scratch/hpcuser1/f", "1:2")},
         {"signature": "0" * 64},
         {"signature": "zz"},
         {"signature": None},
@@ -62,6 +67,31 @@ def test_signature_round_trip_and_every_field_bound() -> None:
     with pytest.raises(Forbidden):  # another key
         UrlSigner(b"x" * 32, clock=lambda: NOW).verify(**good)  # type: ignore[arg-type]
     assert "k" * 32 not in repr(signer)
+
+
+def test_download_urls_bind_the_file_identity() -> None:
+    identity = FileIdentity(size=10, mtime=NOW_INT, uid=1001, gid=1001, mode=0o100640)
+    download = Download(id="d" * 32, system="s", user="u", target="/t", size=10,
+                        expires_at=NOW + 10, identity=identity)  # fmt: skip
+    assert download.binding.fingerprint == identity.fingerprint != ""
+    other = FileIdentity(size=10, mtime=NOW_INT + 1, uid=1001, gid=1001, mode=0o100640)
+    assert other.fingerprint != identity.fingerprint
+    swapped = asyncssh.SFTPAttrs(size=10, mtime=NOW_INT, uid=1001, gid=1001, permissions=0o100600)
+    assert not identity.same_file(swapped)
+    assert identity.same_file(
+        asyncssh.SFTPAttrs(size=10, mtime=NOW_INT, uid=1001, gid=1001, permissions=0o100640)
+    )
+
+
+def test_staged_file_keeps_its_secret_name_out_of_repr_and_matches_only_itself() -> None:
+    staged = Staged("/p/.hpcgate-upload-x", "s" * 32, 1001, 1001, 100, 0o644)
+    assert "s" * 32 not in repr(staged) and "s" * 32 in staged.path
+    mine = asyncssh.SFTPAttrs(size=100, uid=1001, gid=1001, permissions=0o100200)
+    assert staged.matches(mine)
+    for change in ({"size": 99}, {"uid": 1002}, {"gid": 0}, {"permissions": 0o100600},
+                   {"permissions": 0o120777}):  # fmt: skip
+        attrs = asyncssh.SFTPAttrs(**{**vars(mine), **change})
+        assert not staged.matches(attrs), change
 
 
 def test_expiry_checked_first() -> None:
@@ -91,12 +121,40 @@ def test_complete_xml_as_pyfirecrest_sends_it() -> None:
         b"<CompleteMultipartUpload/>",
         b"<CompleteMultipartUpload><Part><ETag>x</ETag></Part></CompleteMultipartUpload>",
         b'<!DOCTYPE a [<!ENTITY b "c">]><CompleteMultipartUpload/>',
-        b"<CompleteMultipartUpload>" + b" " * s3xml.MAX_COMPLETE_BODY + b"</>",
+        # the same DTD in UTF-16 (a byte search for "<!DOCTYPE" misses it), an entity
+        # bomb, an external entity, an undeclared entity
+        '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE a [<!ENTITY b "c">]><a/>'.encode(
+            "utf-16"
+        ),
+        '<!DOCTYPE a [<!ENTITY b "bbbbbbbbbb"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;">]>'
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>&c;</ETag></Part>"
+        "</CompleteMultipartUpload>".encode("utf-16-le"),
+        b'<!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><a>&x;</a>',
+        b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>&x;</ETag></Part>"
+        b"</CompleteMultipartUpload>",
+        # too many elements, too deep, a non-ASCII digit
+        b"<CompleteMultipartUpload>"
+        + b"<a/>" * (s3xml.MAX_ELEMENTS + 1)
+        + b"</CompleteMultipartUpload>",
+        b"<CompleteMultipartUpload><Part><PartNumber><x>1</x></PartNumber></Part>"
+        b"</CompleteMultipartUpload>",
+        "<CompleteMultipartUpload><Part><PartNumber>\u00b2</PartNumber><ETag>x</ETag>"
+        "</Part></CompleteMultipartUpload>".encode(),
     ],
 )
 def test_complete_xml_refused(body: bytes) -> None:
     with pytest.raises(BadRequest):
         s3xml.parse_complete(body)
+
+
+def test_complete_xml_size_and_encodings() -> None:
+    with pytest.raises(PayloadTooLarge):
+        s3xml.parse_complete(b"<CompleteMultipartUpload>" + b" " * s3xml.MAX_COMPLETE_BODY)
+    document = (
+        '<?xml version="1.0" encoding="UTF-16"?><CompleteMultipartUpload>'
+        '<Part><PartNumber>1</PartNumber><ETag>"AB"</ETag></Part></CompleteMultipartUpload>'
+    )
+    assert s3xml.parse_complete(document.encode("utf-16")) == [(1, "ab")]
 
 
 def test_multipart_etag_like_s3() -> None:
