@@ -18,8 +18,8 @@ import httpx
 import uvicorn
 import yaml
 
+from hpcgate.auth.localauth import LocalIssuer, create_signing_key
 from hpcgate.cli import local_site_config
-from hpcgate.localauth import LocalIssuer, create_signing_key
 from tests.site import SiteEnv
 
 

@@ -1,4 +1,4 @@
-"""Bearer token validation (hpcgate.auth) and the local issuer (hpcgate.localauth).
+"""Bearer token validation (hpcgate.auth.tokens) and the local issuer (hpcgate.auth.localauth).
 
 Real keys, real PyJWT, a real HTTP server on loopback for the JWKS URL source.
 """
@@ -27,10 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from hpcgate.auth import Principal, TokenValidator, require_scopes
+from hpcgate.auth.localauth import create_signing_key, keygen_command, token_command
+from hpcgate.auth.tokens import Principal, TokenValidator, require_scopes
 from hpcgate.config import AuthSettings
 from hpcgate.errors import Forbidden, ServiceUnavailable, Unauthorized
-from hpcgate.localauth import create_signing_key, keygen_command, token_command
 
 ISSUER = "https://idp.example.test/realms/hpc"
 AUDIENCE = "hpcgate"

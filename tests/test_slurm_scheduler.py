@@ -14,10 +14,9 @@ import pytest
 from pydantic import ValidationError
 
 from hpcgate import errors
-from hpcgate.config import SchedulerSettings
-from hpcgate.remote import CommandResult, CommandRunner
-from hpcgate.scheduler.base import time_window_seconds, validate_job_id
-from hpcgate.scheduler.models import (
+from hpcgate.cluster.remote import CommandResult, CommandRunner
+from hpcgate.compute.scheduler.base import time_window_seconds, validate_job_id
+from hpcgate.compute.scheduler.models import (
     MAX_SCRIPT_BYTES,
     Job,
     JobDescription,
@@ -25,14 +24,14 @@ from hpcgate.scheduler.models import (
     JobSubmitRequest,
     JobTime,
 )
-from hpcgate.scheduler.slurm import (
+from hpcgate.compute.scheduler.slurm import (
     RecentSubmissions,
     SlurmScheduler,
     TtlCache,
     build_sbatch_options,
     forbidden_directive,
 )
-from hpcgate.scheduler.slurm_parsing import (
+from hpcgate.compute.scheduler.slurm_parsing import (
     FIELD_SEP,
     SACCT_FIELDS,
     SQUEUE_FIELDS,
@@ -58,6 +57,7 @@ from hpcgate.scheduler.slurm_parsing import (
     split_records,
     summarize_array,
 )
+from hpcgate.config import SchedulerSettings
 from tests.security.hostile import hostile_files
 from tests.site import SiteEnv
 

@@ -15,20 +15,20 @@ import asyncssh
 import pytest
 
 from hpcgate import errors
+from hpcgate.cluster.credentials import (
+    CertificateAuthorityIdentities,
+    StaticKeyIdentities,
+    identity_provider_for,
+    validate_username,
+)
+from hpcgate.cluster.remote import CommandResult
+from hpcgate.cluster.sshpool import SshPool
 from hpcgate.config import (
     CertificateAuthorityCredentials,
     SshSettings,
     StaticKeyCredentials,
     SystemSettings,
 )
-from hpcgate.credentials import (
-    CertificateAuthorityIdentities,
-    StaticKeyIdentities,
-    identity_provider_for,
-    validate_username,
-)
-from hpcgate.remote import CommandResult
-from hpcgate.sshpool import SshPool
 from tests.site import SiteEnv
 
 pytestmark = pytest.mark.site

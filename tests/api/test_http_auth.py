@@ -10,7 +10,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hpcgate.localauth import create_signing_key
+from hpcgate.auth.localauth import create_signing_key
 from tests.server import ApiServer
 
 pytestmark = [pytest.mark.site, pytest.mark.e2e]

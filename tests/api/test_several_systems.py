@@ -7,10 +7,10 @@ import copy
 import httpx
 import pytest
 
-from hpcgate.app import create_app
+from hpcgate.api.app import create_app
+from hpcgate.auth.localauth import create_signing_key
 from hpcgate.cli import local_site_config
 from hpcgate.config import Settings
-from hpcgate.localauth import create_signing_key
 from tests.api.helpers import submit, wait_final
 from tests.server import serve_in_thread
 

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hpcgate import errors
+from hpcgate.compute.scheduler.models import Job, JobStatus, JobTask, JobTime
+from hpcgate.compute.scheduler.slurm_parsing import TERMINAL_STATES
 from hpcgate.config import SystemSettings
-from hpcgate.scheduler.models import Job, JobStatus, JobTask, JobTime
-from hpcgate.scheduler.slurm_parsing import TERMINAL_STATES
 
 
 @dataclass(frozen=True)

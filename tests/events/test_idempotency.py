@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hpcgate.idempotency import KeyScope, stamp
+from hpcgate.compute.idempotency import KeyScope, stamp
 from tests.events.conftest import FAULT_DELAY, FAULT_PREFIX, events_config, remote
 from tests.server import ApiServer, start_server
 from tests.site import SiteEnv

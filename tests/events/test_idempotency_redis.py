@@ -14,16 +14,16 @@ import yaml
 from redis import asyncio as aioredis
 
 from hpcgate import errors
-from hpcgate.config import ConfigError, IdempotencySettings, load_settings
-from hpcgate.idempotency import (
+from hpcgate.compute.idempotency import (
     IdempotencyRecord,
     IdempotentSubmitter,
     KeyQuota,
     KeyScope,
     stamp,
 )
-from hpcgate.idempotency_redis import RedisIdempotencyStore, redacted
-from hpcgate.scheduler.models import JobSubmitRequest
+from hpcgate.compute.idempotency_redis import RedisIdempotencyStore, redacted
+from hpcgate.compute.scheduler.models import JobSubmitRequest
+from hpcgate.config import ConfigError, IdempotencySettings, load_settings
 
 T = TypeVar("T")
 StoreFactory = Callable[..., Awaitable[RedisIdempotencyStore]]

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hpcgate.idempotency import KeyScope, stamp
+from hpcgate.compute.idempotency import KeyScope, stamp
 from tests.events.conftest import FAULT_PREFIX, IDEMPOTENCY
 from tests.events.test_idempotency import job_body, jobs_named, jobs_with_stamp
 from tests.server import start_server

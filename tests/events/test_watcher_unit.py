@@ -11,6 +11,16 @@ from pathlib import Path
 import pytest
 
 from hpcgate import errors
+from hpcgate.compute.events import job_events, parse_event_id
+from hpcgate.compute.idempotency import (
+    IdempotentSubmitter,
+    KeyScope,
+    SqliteIdempotencyStore,
+    body_hash,
+    stamp,
+)
+from hpcgate.compute.scheduler.models import JobSubmitRequest
+from hpcgate.compute.watcher import QUEUE_LIMIT, JobEvent, JobWatcher, Subscription
 from hpcgate.config import (
     ConfigError,
     IdempotencySettings,
@@ -18,17 +28,7 @@ from hpcgate.config import (
     WatcherSettings,
     load_settings,
 )
-from hpcgate.events import job_events, parse_event_id
-from hpcgate.idempotency import (
-    IdempotentSubmitter,
-    KeyScope,
-    SqliteIdempotencyStore,
-    body_hash,
-    stamp,
-)
-from hpcgate.metrics import Metrics, command_kind
-from hpcgate.scheduler.models import JobSubmitRequest
-from hpcgate.watcher import QUEUE_LIMIT, JobEvent, JobWatcher, Subscription
+from hpcgate.operations.metrics import Metrics, command_kind
 from tests.events.fakes import FakeRunner, FakeScheduler, make_job
 from tests.events.helpers import sse_events
 

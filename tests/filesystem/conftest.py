@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from hpcgate.app import create_app
+from hpcgate.api.app import create_app
+from hpcgate.auth.localauth import LocalIssuer, create_signing_key
 from hpcgate.cli import local_site_config
+from hpcgate.cluster.remote import CommandResult, CommandRunner
 from hpcgate.config import Settings
-from hpcgate.localauth import LocalIssuer, create_signing_key
-from hpcgate.remote import CommandResult, CommandRunner
 from hpcgate.services import Services
 from tests.server import serve_in_thread
 from tests.site import SiteEnv, scratch_dirs

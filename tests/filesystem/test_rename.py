@@ -7,10 +7,10 @@ import uuid
 import pytest
 
 from hpcgate.cli import local_site_config
+from hpcgate.cluster.sshpool import SshPool
 from hpcgate.config import Settings
 from hpcgate.errors import Forbidden, NotFound
 from hpcgate.filesystem.sftp import SftpFilesystem
-from hpcgate.sshpool import SshPool
 
 pytestmark = pytest.mark.site
 

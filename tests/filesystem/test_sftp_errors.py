@@ -10,10 +10,10 @@ from typing import Any
 import asyncssh
 import pytest
 
+from hpcgate.cluster.remote import CommandResult
 from hpcgate.config import SystemSettings
 from hpcgate.errors import BadRequest, Forbidden, NotFound, RequestTimeout
 from hpcgate.filesystem.sftp import SftpFilesystem
-from hpcgate.remote import CommandResult
 
 
 class FakeSftp:

@@ -1,4 +1,4 @@
-"""Account policy before any SSH (hpcgate.accounts), tried the way an attacker would.
+"""Account policy before any SSH (hpcgate.auth.accounts), tried the way an attacker would.
 
 A token may name any account: root, a system account, nobody, a name with no account,
 the gateway's own service identity. Each is refused with one 403 text before the
@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from hpcgate.accounts import (
+from hpcgate.auth.accounts import (
     Account,
     AccountPolicy,
     CachedSource,
@@ -29,9 +29,9 @@ from hpcgate.accounts import (
     parse_passwd,
 )
 from hpcgate.cli import local_site_config
+from hpcgate.cluster.sshpool import SshPool
 from hpcgate.config import ConfigError, Settings, load_settings
 from hpcgate.errors import Forbidden
-from hpcgate.sshpool import SshPool
 from tests.security.hostile import hostile_bashrc
 from tests.server import ApiServer, start_server
 from tests.site import SiteEnv

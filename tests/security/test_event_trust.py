@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hpcgate.scheduler.slurm_parsing import (
+from hpcgate.compute.scheduler.slurm_parsing import (
     FIELD_SEP,
     SACCT_FIELDS,
     SQUEUE_FIELDS,

@@ -32,11 +32,11 @@ import pytest
 import yaml
 from firecrest.utilities import part_checksum_xml
 
+from hpcgate.cluster.remote import CommandResult
 from hpcgate.config import ConfigError, load_settings
 from hpcgate.errors import BadRequest, Forbidden
 from hpcgate.filesystem.names import MAX_ID, IdNames
 from hpcgate.filesystem.paths import PathPolicy, WriteGuard
-from hpcgate.remote import CommandResult
 from tests.security.hostile import hostile_bashrc
 from tests.security.victim_trees import deep_tree, victim_ids
 from tests.server import ApiServer, start_server

@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from hpcgate.app import create_app
+from hpcgate.api.app import create_app
+from hpcgate.auth.localauth import create_signing_key
 from hpcgate.cli import local_site_config
 from hpcgate.config import Settings
-from hpcgate.localauth import create_signing_key
 from hpcgate.services import parse_sinfo_version
 from tests.security.hostile import hostile_bashrc
 from tests.server import ApiServer, serve_in_thread, start_server

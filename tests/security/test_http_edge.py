@@ -1,4 +1,4 @@
-"""The HTTP edge (hpcgate.edge, hpcgate.connection), tried the way an attacker would.
+"""The HTTP edge (hpcgate.api.edge, hpcgate.api.connection), tried the way an attacker would.
 
 A real ``hpcgate serve`` process, spoken to over raw sockets: bodies of hundreds of
 megabytes with no token or past the caps, a Content-Length of 10 GB, a megabyte of
@@ -23,10 +23,10 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from hpcgate.auth import TokenValidator
+from hpcgate.api.dependencies import authenticated
+from hpcgate.auth.tokens import TokenValidator
 from hpcgate.cli import local_site_config
 from hpcgate.config import Settings
-from hpcgate.dependencies import authenticated
 from hpcgate.errors import Unauthorized
 from tests.security.hostile import rss_kib
 from tests.server import ApiServer, start_server
@@ -480,7 +480,7 @@ def _settings(site_env: SiteEnv, key_dir: Path) -> Settings:
 async def test_authenticated_validates_only_when_the_edge_did_not(
     site_env: SiteEnv, tmp_path: Path
 ) -> None:
-    from hpcgate.localauth import create_signing_key
+    from hpcgate.auth.localauth import create_signing_key
 
     settings = _settings(site_env, tmp_path)
     validator = TokenValidator(settings.auth)

@@ -1,4 +1,4 @@
-"""Per-user token buckets (hpcgate.ratelimit): one user cannot starve another.
+"""Per-user token buckets (hpcgate.api.ratelimit): one user cannot starve another.
 
 The buckets themselves with a clock the test drives, then a real server with a
 tiny bucket: one user empties theirs and gets 429 with Retry-After while another
@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hpcgate.ratelimit import TokenBuckets, retry_after_seconds
+from hpcgate.api.ratelimit import TokenBuckets, retry_after_seconds
 from tests.server import ApiServer, start_server
 from tests.site import SiteEnv
 

@@ -25,12 +25,12 @@ import pytest
 import yaml
 
 from hpcgate import errors
+from hpcgate.cluster.remote import CommandResult
+from hpcgate.compute.idempotency import KeyQuota, KeyScope, SqliteIdempotencyStore
+from hpcgate.compute.scheduler.models import JobDescription
+from hpcgate.compute.scheduler.slurm import SlurmScheduler
+from hpcgate.compute.scheduler.slurm_parsing import FIELD_SEP, SACCT_FIELDS, SQUEUE_FIELDS
 from hpcgate.config import ConfigError, load_settings
-from hpcgate.idempotency import KeyQuota, KeyScope, SqliteIdempotencyStore
-from hpcgate.remote import CommandResult
-from hpcgate.scheduler.models import JobDescription
-from hpcgate.scheduler.slurm import SlurmScheduler
-from hpcgate.scheduler.slurm_parsing import FIELD_SEP, SACCT_FIELDS, SQUEUE_FIELDS
 from tests.api.helpers import wait_state
 from tests.security.hostile import home_of, hostile_files, rss_kib
 from tests.server import ApiServer, start_server

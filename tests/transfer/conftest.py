@@ -18,11 +18,11 @@ import asyncssh
 import httpx
 import pytest
 
-from hpcgate.app import create_app
+from hpcgate.api.app import create_app
+from hpcgate.auth.localauth import LocalIssuer, create_signing_key
 from hpcgate.cli import local_site_config
+from hpcgate.compute.scheduler.slurm_parsing import TERMINAL_STATES
 from hpcgate.config import Settings
-from hpcgate.localauth import LocalIssuer, create_signing_key
-from hpcgate.scheduler.slurm_parsing import TERMINAL_STATES
 from hpcgate.transfer.service import TransferService
 from tests.server import serve_in_thread
 from tests.site import SiteEnv, scratch_dirs

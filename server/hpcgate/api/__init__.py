@@ -1,0 +1,1 @@
+"""The HTTP side: the application factory, the edge and request middleware, and the routes."""
