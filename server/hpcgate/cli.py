@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         command = localauth.token_command if argv[0] == "token" else localauth.keygen_command
         return command(argv[1:])
     args = parser.parse_args(argv)
-    return args.handler(args)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
 
 
 if __name__ == "__main__":

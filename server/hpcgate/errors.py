@@ -6,12 +6,14 @@ them into FirecREST's error body. Nothing else should build an error response.
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class ApiError(Exception):
     """An error with an HTTP status and a message safe to show to the caller."""
 
     status_code: int = 500
-    error_type: str = "error"
+    error_type: Literal["error", "validation"] = "error"
 
     def __init__(
         self,

@@ -11,19 +11,16 @@ from typing import Annotated
 from pydantic import BeforeValidator, StringConstraints
 
 
-def _blank_as(default: object):
+def _blank_as(default: object) -> BeforeValidator:
     def convert(value: object) -> object:
         return default if value == "" else value
 
     return BeforeValidator(convert)
 
 
+BLANK_AS_NONE = _blank_as(None)
+
 QueryBool = Annotated[bool, _blank_as(False)]
-QueryInt = Annotated[int | None, _blank_as(None)]
-
-
-def optional_text(max_length: int) -> object:
-    """An optional string of at most ``max_length`` characters."""
-    return Annotated[
-        Annotated[str, StringConstraints(max_length=max_length)] | None, _blank_as(None)
-    ]
+QueryInt = Annotated[int | None, BLANK_AS_NONE]
+QueryText256 = Annotated[Annotated[str, StringConstraints(max_length=256)] | None, BLANK_AS_NONE]
+"""An optional string of at most 256 characters; blank is unset."""
