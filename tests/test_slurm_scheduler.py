@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from hpcgate import errors
 from hpcgate.cluster.remote import CommandResult, CommandRunner
-from hpcgate.compute.scheduler.base import time_window_seconds, validate_job_id
+from hpcgate.compute.jobs import summarize_array, validate_job_id
+from hpcgate.compute.scheduler.base import time_window_seconds
 from hpcgate.compute.scheduler.models import (
     MAX_SCRIPT_BYTES,
     Job,
@@ -24,38 +25,39 @@ from hpcgate.compute.scheduler.models import (
     JobSubmitRequest,
     JobTime,
 )
-from hpcgate.compute.scheduler.slurm import (
-    RecentSubmissions,
-    SlurmScheduler,
-    TtlCache,
-    build_sbatch_options,
-    forbidden_directive,
-)
-from hpcgate.compute.scheduler.slurm_parsing import (
-    FIELD_SEP,
-    SACCT_FIELDS,
-    SQUEUE_FIELDS,
-    classify_sbatch_error,
-    decode_wait_status,
-    is_test_only_answer,
-    merge_jobs,
+from hpcgate.compute.scheduler.slurm import SlurmScheduler
+from hpcgate.compute.scheduler.slurm.caches import RecentSubmissions, TtlCache
+from hpcgate.compute.scheduler.slurm.cluster_records import (
     parse_accounts,
-    parse_duration,
-    parse_exit_code,
     parse_id,
     parse_partitions,
     parse_reservations,
-    parse_sacct,
-    parse_sbatch_output,
     parse_scontrol_record,
     parse_sinfo_nodes,
-    parse_squeue,
+)
+from hpcgate.compute.scheduler.slurm.fields import (
+    FIELD_SEP,
+    decode_wait_status,
+    parse_duration,
+    parse_exit_code,
     parse_time_limit,
-    script_directives,
-    select_entries,
-    slurm_message,
     split_records,
-    summarize_array,
+)
+from hpcgate.compute.scheduler.slurm.job_records import (
+    SACCT_FIELDS,
+    SQUEUE_FIELDS,
+    merge_jobs,
+    parse_sacct,
+    parse_squeue,
+    select_entries,
+)
+from hpcgate.compute.scheduler.slurm.messages import classify_sbatch_error, slurm_message
+from hpcgate.compute.scheduler.slurm.sbatch import (
+    build_sbatch_options,
+    forbidden_directive,
+    is_test_only_answer,
+    parse_sbatch_output,
+    script_directives,
 )
 from hpcgate.config import SchedulerSettings
 from tests.security.hostile import hostile_files

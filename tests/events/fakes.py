@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hpcgate import errors
+from hpcgate.compute.jobs import TERMINAL_STATES
 from hpcgate.compute.scheduler.models import Job, JobStatus, JobTask, JobTime
-from hpcgate.compute.scheduler.slurm_parsing import TERMINAL_STATES
 from hpcgate.config import SystemSettings
 
 
@@ -46,7 +46,11 @@ class FakeRunner:
 
 
 class FakeScheduler:
-    """The controller holds ``jobs`` (id → (state, user)); accounting mirrors ended ones."""
+    """The controller holds ``jobs`` (id → (state, user)); accounting mirrors ended ones.
+
+    A second backend as the watcher sees it: the ``Scheduler`` methods the watcher
+    calls (``active_jobs``, ``accounted_jobs``, ``drop_stale``) and ``job`` for the
+    routes' lookups, nothing of Slurm."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, tuple[str, str]] = {}
@@ -81,6 +85,9 @@ class FakeScheduler:
             for job_id, (state, user) in sorted(self.jobs.items())
             if self._matches(job_id, job_ids) and state in TERMINAL_STATES
         ]
+
+    def drop_stale(self, listed: Sequence[Job], accounted: Sequence[Job]) -> list[Job]:
+        return list(accounted)  # this accounting never lags the controller
 
     async def job(self, runner: FakeRunner, job_id: str) -> Job:
         self.calls["lookup"] += 1

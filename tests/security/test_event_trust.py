@@ -27,11 +27,10 @@ from typing import Any
 import httpx
 import pytest
 
-from hpcgate.compute.scheduler.slurm_parsing import (
-    FIELD_SEP,
+from hpcgate.compute.scheduler.slurm.fields import FIELD_SEP, format_fields
+from hpcgate.compute.scheduler.slurm.job_records import (
     SACCT_FIELDS,
     SQUEUE_FIELDS,
-    format_fields,
     parse_sacct,
     parse_squeue,
 )

@@ -29,7 +29,8 @@ from hpcgate.cluster.remote import CommandResult
 from hpcgate.compute.idempotency import KeyQuota, KeyScope, SqliteIdempotencyStore
 from hpcgate.compute.scheduler.models import JobDescription
 from hpcgate.compute.scheduler.slurm import SlurmScheduler
-from hpcgate.compute.scheduler.slurm_parsing import FIELD_SEP, SACCT_FIELDS, SQUEUE_FIELDS
+from hpcgate.compute.scheduler.slurm.fields import FIELD_SEP
+from hpcgate.compute.scheduler.slurm.job_records import SACCT_FIELDS, SQUEUE_FIELDS
 from hpcgate.config import ConfigError, load_settings
 from tests.api.helpers import wait_state
 from tests.security.hostile import home_of, hostile_files, rss_kib

@@ -21,7 +21,7 @@ import pytest
 from hpcgate.api.app import create_app
 from hpcgate.auth.localauth import LocalIssuer, create_signing_key
 from hpcgate.cli import local_site_config
-from hpcgate.compute.scheduler.slurm_parsing import TERMINAL_STATES
+from hpcgate.compute.jobs import TERMINAL_STATES
 from hpcgate.config import Settings
 from hpcgate.transfer.service import TransferService
 from tests.server import serve_in_thread
@@ -59,7 +59,9 @@ class TransferServer:
 
     @property
     def transfers(self) -> TransferService:
-        return self.app.state.transfers
+        transfers = self.app.state.services.transfers
+        assert transfers is not None
+        return transfers
 
     def path(self, kind: str) -> str:
         return f"/filesystem/{self.system}/{kind}"

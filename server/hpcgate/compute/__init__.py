@@ -1,2 +1,2 @@
-"""Jobs: the scheduler interface and its Slurm backend, the shared job watcher, job
-events and exactly-once submission."""
+"""Jobs: their rules (``jobs``: states, ids, array summaries), the scheduler interface
+and its Slurm backend, the shared job watcher, job events and exactly-once submission."""

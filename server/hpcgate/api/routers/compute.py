@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import StringConstraints
 
 from hpcgate import errors
 from hpcgate.api.dependencies import SystemContext, SystemDep
-from hpcgate.api.routers.params import optional_text
+from hpcgate.api.routers.params import BLANK_AS_NONE, QueryText256
 from hpcgate.compute.events import EventStreamResponse, job_events, parse_event_id, wait_for_job
 from hpcgate.compute.idempotency import REPLAYED_HEADER, KeyScope
-from hpcgate.compute.scheduler.base import validate_job_id
+from hpcgate.compute.jobs import validate_job_id
 from hpcgate.compute.scheduler.models import (
     AttachRequest,
     JobMetadataResponse,
@@ -44,14 +45,17 @@ WAIT_HEADER = "X-Hpcgate-Wait"
 """On long-poll answers: ``terminal``, ``changed`` or ``timeout``."""
 TRUNCATED_HEADER = "X-Hpcgate-Jobs-Truncated"
 """On listings cut to ``scheduler.max_list_jobs``: how many jobs matched in all."""
-_SSE = {200: {"content": {"text/event-stream": {}}, "description": "an SSE stream"}}
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "an SSE stream"}
+}
 
 router = APIRouter(prefix="/compute/{system_name}", tags=["compute"])
 
 
-AccountFilter = optional_text(256)
-NameFilter = optional_text(235)
-TimeWindow = optional_text(16)  # 1h, 8h, 24h, 3d, 7d (or <n>m/h/d); checked by the scheduler
+AccountFilter = QueryText256
+NameFilter = Annotated[Annotated[str, StringConstraints(max_length=235)] | None, BLANK_AS_NONE]
+# 1h, 8h, 24h, 3d, 7d (or <n>m/h/d); checked by the scheduler
+TimeWindow = Annotated[Annotated[str, StringConstraints(max_length=16)] | None, BLANK_AS_NONE]
 
 
 def _watcher(ctx: SystemContext) -> JobWatcher | None:
@@ -120,8 +124,6 @@ async def submit_job(
         job_id, replayed = await submitter.submit(scope, body, submit, lookup)
         if replayed:
             response.headers[REPLAYED_HEADER] = "true"
-        elif submitter.settings.fault_delay_before_response and submitter.faulty(scope):
-            await asyncio.sleep(submitter.settings.fault_delay_before_response)
     watcher = _watcher(ctx)
     if watcher is not None:
         watcher.submitted(ctx.username, job_id)
@@ -208,15 +210,15 @@ async def get_job(
         )
         response.headers[WAIT_HEADER] = result
         return _answer(response, view)
-    if watcher is not None and (view := watcher.cached(ctx.username, job_id)) is not None:
-        return _answer(response, view)
+    if watcher is not None and (cached := watcher.cached(ctx.username, job_id)) is not None:
+        return _answer(response, cached)
     asked = time.monotonic()
     job = await ctx.scheduler.job(ctx.runner, job_id)
     ensure_visible(ctx.username, job.user, _visibility(ctx), job_id)
     if watcher is not None and job.user == ctx.username:
         # the watcher keeps the caller's own answer only in the caller's own scope
-        if (view := watcher.observe(ctx.username, job_id, job, observed=asked)) is not None:
-            return _answer(response, view)
+        if (kept := watcher.observe(ctx.username, job_id, job, observed=asked)) is not None:
+            return _answer(response, kept)
     return JobsResponse(jobs=[job])
 
 

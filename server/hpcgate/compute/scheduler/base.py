@@ -5,7 +5,8 @@ user, so the scheduler's own access rules apply. Errors are ``hpcgate.errors``
 types: ``NotFound("Job not found")`` for an unknown or invisible job, ``Forbidden``
 when the scheduler refuses the user, ``BadRequest`` when it rejects the request,
 ``ServiceUnavailable`` when its controller cannot be reached, ``BadGateway`` when it
-answers with something unexpected.
+answers with something unexpected. Job states, ids and array summaries follow
+``hpcgate.compute.jobs``, whatever the backend.
 """
 
 from __future__ import annotations
@@ -26,9 +27,6 @@ from hpcgate.compute.scheduler.models import (
     UserInfo,
 )
 
-JOB_ID_PATTERN = re.compile(r"\d{1,20}(?:_\d{1,10}|\+\d{1,5})?")
-"""A job (``123``), an array task (``123_4``) or a heterogeneous component (``123+1``)."""
-
 TIME_WINDOWS: dict[str, int] = {
     "1h": 3600,
     "8h": 8 * 3600,
@@ -41,16 +39,6 @@ _WINDOW = re.compile(r"([1-9]\d{0,3})([mhd])")
 _WINDOW_UNIT = {"m": 60, "h": 3600, "d": 86400}
 
 MAX_ATTACH_COMMAND = 64 * 1024
-
-
-def validate_job_id(job_id: str) -> str:
-    """``job_id`` if it is a well-formed Slurm job id, else ``BadRequest``."""
-    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
-        shown = job_id[:40] if isinstance(job_id, str) else type(job_id).__name__
-        raise errors.BadRequest(
-            f"Invalid job id {shown!r}: expected digits, optionally _<array index>"
-        )
-    return job_id
 
 
 def time_window_seconds(window: str | None) -> int:
@@ -107,6 +95,12 @@ class Scheduler(Protocol):
 
     async def accounted_jobs(self, runner: CommandRunner, job_ids: Sequence[str]) -> list[Job]:
         """Accounting records of ``job_ids`` (array ids: their tasks), steps as tasks."""
+        ...
+
+    def drop_stale(self, listed: Sequence[Job], accounted: Sequence[Job]) -> list[Job]:
+        """The ``accounted`` records that the controller's ``listed`` records do not
+        supersede (accounting may lag the controller): what may be merged with them
+        (``hpcgate.compute.jobs.merge_records``)."""
         ...
 
     async def jobs_with_comment(

@@ -30,6 +30,9 @@ which that user controls. So nothing one user's commands print is kept for anoth
 user: the ended-jobs cache, the submissions just made and the cluster name seen are
 all keyed by the runner's user (the token's account, never ``id -un``), and tool
 paths come from the configuration. A user can only ever mislead themselves.
+
+Built on this package's parsers (``job_records``, ``cluster_records``, ``fields``),
+``sbatch`` (options and directive checks), ``messages`` (errors) and ``caches``.
 """
 
 from __future__ import annotations
@@ -38,18 +41,21 @@ import asyncio
 import logging
 import posixpath
 import re
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from hpcgate import errors
 from hpcgate.cluster.remote import CommandResult, CommandRunner
-from hpcgate.compute.scheduler.base import (
-    time_window_seconds,
-    validate_attach_command,
+from hpcgate.compute.jobs import (
+    FINAL_STATES,
+    PENDING,
+    as_answer,
+    is_terminal,
+    job_sort_key,
+    top_id,
     validate_job_id,
 )
+from hpcgate.compute.scheduler.base import time_window_seconds, validate_attach_command
 from hpcgate.compute.scheduler.models import (
     Job,
     JobDescription,
@@ -61,38 +67,46 @@ from hpcgate.compute.scheduler.models import (
     Reservation,
     UserInfo,
 )
-from hpcgate.compute.scheduler.slurm_parsing import (
-    FIELD_SEP,
-    SACCT_FIELDS,
-    SQUEUE_FIELDS,
-    TERMINAL_STATES,
-    ActiveJob,
-    SlurmOutputError,
-    classify_sbatch_error,
-    drop_stale,
-    format_fields,
-    is_test_only_answer,
-    is_unavailable,
-    job_sort_key,
-    merge_jobs,
+from hpcgate.compute.scheduler.slurm.caches import RecentSubmissions, TtlCache
+from hpcgate.compute.scheduler.slurm.cluster_records import (
     parse_accounts,
     parse_id,
     parse_job_metadata,
     parse_partitions,
     parse_reservations,
-    parse_sacct,
-    parse_sbatch_output,
     parse_scontrol_records,
     parse_sinfo_nodes,
-    parse_squeue,
+)
+from hpcgate.compute.scheduler.slurm.fields import (
+    FIELD_SEP,
+    SlurmOutputError,
+    format_fields,
     parse_time_limit,
-    script_directives,
-    select_entries,
-    slurm_message,
     split_records,
-    summarize_array,
+)
+from hpcgate.compute.scheduler.slurm.job_records import (
+    SACCT_FIELDS,
+    SQUEUE_FIELDS,
+    ActiveJob,
+    drop_stale,
+    merge_jobs,
+    parse_sacct,
+    parse_squeue,
+    select_entries,
+)
+from hpcgate.compute.scheduler.slurm.messages import (
+    classify_sbatch_error,
+    is_unavailable,
+    slurm_message,
     unavailable,
     unexpected,
+)
+from hpcgate.compute.scheduler.slurm.sbatch import (
+    PLAIN_VALUE,
+    build_sbatch_options,
+    forbidden_directive,
+    is_test_only_answer,
+    parse_sbatch_output,
 )
 from hpcgate.config import SchedulerSettings
 
@@ -103,119 +117,8 @@ T = TypeVar("T")
 # Slurm prints times in this format: epoch seconds, independent of the time zone.
 _EPOCH_TIMES = ("env", "SLURM_TIME_FORMAT=%s")
 
-FORBIDDEN_EXTRA_OPTIONS = frozenset(
-    {
-        "chdir",
-        "export",
-        "export-file",
-        "get-user-env",
-        "gid",
-        "help",
-        "parsable",
-        "test-only",
-        "uid",
-        "usage",
-        "version",
-        "wait",
-        "wrap",
-    }
-)
-"""Options that would change how this module talks to sbatch: never allowed (nor any
-abbreviation of them, which sbatch's option parser would accept)."""
-
-SCRIPT_FORBIDDEN_OPTIONS: dict[str, str] = {
-    "test-only": "sbatch would only test the job and submit nothing",
-    "wait": "sbatch would not answer until the job ends",
-}
-"""Options that sbatch honours in a script's ``#SBATCH`` lines and that would stop it
-from answering with a job id at once (``--help``, ``--usage``, ``--version`` and
-``--wrap`` are ignored there; the command line's ``--parsable`` stays)."""
-_SCRIPT_FORBIDDEN_SHORT = {"W": "wait"}
-# sbatch 22.05's short options that take an argument: the rest of the word is its value
-_SHORT_WITH_ARGUMENT = frozenset("aAbcCdDeFGiJLmMnNopqStwx")
-
-FINAL_STATES = frozenset(
-    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "DEADLINE"}
-)
-"""Ended states a job does not leave on its own (unlike PREEMPTED or NODE_FAIL,
-which requeue): answers in these states are cached for ``ended_ttl`` seconds."""
-
 _INVALID_JOB = "Invalid job id specified"
 _DENIED = ("Access/permission denied", "Invalid user id", "Access denied")
-_FILTER = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
-
-
-def _abbreviates(name: str, options: Iterable[str]) -> str | None:
-    """The option of ``options`` that ``--name`` stands for in getopt_long (which takes
-    any unambiguous prefix), if any."""
-    return next((option for option in options if name and option.startswith(name)), None)
-
-
-def forbidden_directive(script: str) -> errors.BadRequest | None:
-    """The error for a script whose ``#SBATCH`` lines hold an option that would stop
-    sbatch from submitting or from answering at once (``--test-only``, ``--wait``,
-    ``-W``, abbreviations and bundles included), or None."""
-    for argument in script_directives(script):
-        option = None
-        if argument.startswith("--"):
-            option = _abbreviates(argument[2:].split("=", 1)[0], SCRIPT_FORBIDDEN_OPTIONS)
-        elif argument.startswith("-"):
-            for letter in argument[1:]:
-                if letter in _SCRIPT_FORBIDDEN_SHORT:
-                    option = _SCRIPT_FORBIDDEN_SHORT[letter]
-                    break
-                if letter in _SHORT_WITH_ARGUMENT:
-                    break
-        if option is not None:
-            shown = argument if len(argument) <= 40 else argument[:37] + "..."
-            return errors.BadRequest(
-                f"The script's directive '#SBATCH {shown}' is not allowed: --{option} "
-                f"({SCRIPT_FORBIDDEN_OPTIONS[option]})"
-            )
-    return None
-
-
-def build_sbatch_options(
-    description: JobDescription, allowed_extra: Sequence[str] = (), comment: str | None = None
-) -> list[str]:
-    """sbatch's options (and the remote script path, last) for ``description``.
-
-    Extra options come first so that the first-class fields win; an extra option not
-    in ``allowed_extra`` (or in ``FORBIDDEN_EXTRA_OPTIONS``) is a ``BadRequest``.
-    ``comment`` (``--comment``, e.g. an idempotency stamp) overrides an extra one.
-    """
-    options = ["--parsable"]
-    for name, value in (description.extra_options or {}).items():
-        if _abbreviates(name, FORBIDDEN_EXTRA_OPTIONS) or name not in allowed_extra:
-            raise errors.BadRequest(f"The sbatch option --{name} is not allowed on this system")
-        options.append(f"--{name}" if value is None else f"--{name}={value}")
-    fields: list[tuple[str, object]] = [
-        ("job-name", description.name),
-        ("chdir", description.working_directory),
-        ("account", description.account),
-        ("partition", description.partition),
-        ("reservation", description.reservation),
-        ("qos", description.qos),
-        ("constraint", description.constraints),
-        ("input", description.standard_input),
-        ("output", description.standard_output),
-        ("error", description.standard_error),
-        ("time", description.time_limit),
-        ("nodes", description.nodes),
-        ("ntasks", description.tasks),
-        ("cpus-per-task", description.cpus_per_task),
-        ("mem", description.memory),
-        ("array", description.array),
-        ("dependency", description.dependency_expression),
-    ]
-    options.extend(f"--{name}={value}" for name, value in fields if value is not None)
-    if comment is not None:
-        if not _FILTER.fullmatch(comment):
-            raise ValueError("invalid job comment")
-        options.append(f"--comment={comment}")
-    if description.script_path is not None:
-        options.append(posixpath.join(description.working_directory, description.script_path))
-    return options
 
 
 def _user_key(runner: CommandRunner) -> str | None:
@@ -224,67 +127,6 @@ def _user_key(runner: CommandRunner) -> str | None:
     say (then nothing is remembered for it)."""
     user = getattr(runner, "username", None)
     return user if isinstance(user, str) and user else None
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class TtlCache(Generic[K, V]):
-    """A bounded map whose entries expire ``ttl`` seconds after they were put."""
-
-    def __init__(
-        self,
-        ttl: float,
-        max_entries: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
-
-    def put(self, key: K, value: V) -> None:
-        self._expire()
-        self._entries[key] = (self._clock(), value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def get(self, key: K) -> V | None:
-        self._expire()
-        entry = self._entries.get(key)
-        return entry[1] if entry else None
-
-    def items(self) -> list[tuple[K, V]]:
-        self._expire()
-        return [(key, value) for key, (_, value) in self._entries.items()]
-
-    def __len__(self) -> int:
-        self._expire()
-        return len(self._entries)
-
-    def _expire(self) -> None:
-        limit = self._clock() - self.ttl
-        while self._entries:
-            key, (added, _) = next(iter(self._entries.items()))
-            if added >= limit:
-                break
-            del self._entries[key]
-
-
-class RecentSubmissions(TtlCache[tuple[str | None, str], Job]):
-    """Jobs this server submitted in the last ``ttl`` seconds, per user, bounded.
-
-    They answer lookups while the scheduler does not list them yet, so a job just
-    submitted never answers 404.
-    """
-
-    def add(self, user: str | None, job: Job) -> None:
-        self.put((user, job.job_id), job)
-
-    def of_user(self, user: str | None) -> list[Job]:
-        return [job for (owner, _), job in self.items() if owner == user]
 
 
 def _duration(seconds: int) -> str:
@@ -299,9 +141,9 @@ def _settled(entries: Sequence[Job], accounted: Sequence[Job]) -> bool:
     """Both the controller and accounting show every entry (and step) in a final state."""
     if len(accounted) != len(entries):
         return False
-    jobs = [*entries, *accounted]
-    steps = [task for job in accounted for task in job.tasks or []]
-    return all(item.status.state in FINAL_STATES for item in [*jobs, *steps])
+    states = [job.status.state for job in [*entries, *accounted]]
+    states += [task.status.state for job in accounted for task in job.tasks or []]
+    return all(state in FINAL_STATES for state in states)
 
 
 async def _gather(*calls: Awaitable[Any]) -> list[Any]:
@@ -424,7 +266,7 @@ class SlurmScheduler:
         return Job(
             job_id=job_id,
             name=name or "sbatch",
-            status=JobStatus(state="PENDING", state_reason="Submitted"),
+            status=JobStatus(state=PENDING, state_reason="Submitted"),
             time=JobTime(
                 limit=parse_time_limit(description.time_limit) if description.time_limit else None
             ),
@@ -441,7 +283,7 @@ class SlurmScheduler:
         """The job, or each task of an array, from squeue first and sacct if needed."""
         job_id = validate_job_id(job_id)
         entries = select_entries(job_id, [a.job for a in await self._squeue(runner, "-j", job_id)])
-        if entries and not any(e.status.state in TERMINAL_STATES for e in entries):
+        if entries and not any(is_terminal(e) for e in entries):
             return entries
         user = _user_key(runner)
         key = (user, job_id) if user is not None else None
@@ -468,11 +310,7 @@ class SlurmScheduler:
 
     async def job(self, runner: CommandRunner, job_id: str) -> Job:
         """One job; an array id gives a summary whose ``tasks`` are the array's tasks."""
-        entries = await self.job_entries(runner, job_id)
-        prefix = f"{job_id}_"
-        if "_" not in job_id and all(e.job_id.startswith(prefix) for e in entries):
-            return summarize_array(job_id, entries)
-        return entries[0]
+        return as_answer(job_id, await self.job_entries(runner, job_id))
 
     async def jobs(
         self,
@@ -503,7 +341,7 @@ class SlurmScheduler:
         for option, value in (("name", name), ("account", account)):
             if value is None:
                 continue
-            if not _FILTER.fullmatch(value):
+            if not PLAIN_VALUE.fullmatch(value):
                 raise errors.BadRequest(f"Invalid {option} filter")
             if "," not in value:  # both commands take lists: filter exactly below
                 active_sel.append(f"--{option}={value}")
@@ -519,7 +357,7 @@ class SlurmScheduler:
             ) from exc
         user = _user_key(runner)
         listed = merge_jobs([a.job for a in active], accounted)
-        known = {job.job_id.split("_", 1)[0] for job in listed}
+        known = {top_id(job.job_id) for job in listed}
         if user is not None:
             listed.extend(job for job in self.recent.of_user(user) if job.job_id not in known)
             listed.sort(key=job_sort_key)
@@ -552,6 +390,12 @@ class SlurmScheduler:
         ids = ",".join(validate_job_id(job_id) for job_id in job_ids)
         return await self._sacct(runner, "-j", ids)
 
+    def drop_stale(self, listed: Sequence[Job], accounted: Sequence[Job]) -> list[Job]:
+        """The ``accounted`` records that the controller's ``listed`` ones do not
+        supersede (sacct shows an array as one record for a moment after squeue
+        lists its tasks)."""
+        return drop_stale(listed, accounted)
+
     async def jobs_with_comment(
         self, runner: CommandRunner, comment: str, *, since: int
     ) -> list[str]:
@@ -559,7 +403,7 @@ class SlurmScheduler:
         controller (jobs it holds) and from accounting since ``since`` (epoch seconds;
         found there only if the site stores comments, ``AccountingStoreFlags=job_comment``).
         """
-        if not _FILTER.fullmatch(comment):
+        if not PLAIN_VALUE.fullmatch(comment):
             raise errors.BadRequest("Invalid comment")
         fields = ("ArrayJobID", "JobID", "Comment")
         squeue = [*_EPOCH_TIMES, "squeue", "-h", "-t", "all", "--me", "-O", format_fields(fields)]

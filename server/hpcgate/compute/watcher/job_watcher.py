@@ -1,0 +1,529 @@
+"""The job watcher of one system: the consumers' API and the polling loop.
+
+See ``hpcgate.compute.watcher`` for the design (scopes, trust, selection, intervals,
+views, events, visibility, bounds). It talks to the workload manager only through
+the ``Scheduler`` interface and judges jobs by ``hpcgate.compute.jobs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+from hpcgate import errors
+from hpcgate.cluster.remote import CommandRunner
+from hpcgate.compute.jobs import (
+    as_answer,
+    id_sort_key,
+    is_final,
+    merge_records,
+    records_named,
+    top_id,
+    validate_job_id,
+)
+from hpcgate.compute.scheduler.base import Scheduler
+from hpcgate.compute.scheduler.models import Job
+from hpcgate.compute.scheduler.visibility import JobVisibility, ensure_visible, may_see
+from hpcgate.compute.watcher.budget import Slot, SubscriberBudget
+from hpcgate.compute.watcher.rounds import accounted_for, entries, settled, wants_accounting
+from hpcgate.compute.watcher.scope import Scope
+from hpcgate.compute.watcher.views import JobEvent, JobView, Subscription, signature
+from hpcgate.config import SystemSettings, WatcherSettings
+from hpcgate.operations.metrics import Metrics, command_source
+
+log = logging.getLogger(__name__)
+
+RunnerFactory = Callable[[str], CommandRunner]
+
+
+class JobWatcher:
+    """The watcher of one system. ``start()`` once the loop runs; ``close()`` at exit."""
+
+    def __init__(
+        self,
+        system: SystemSettings,
+        scheduler: Scheduler,
+        runner_for: RunnerFactory,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.system = system.name
+        self.settings: WatcherSettings = system.watcher
+        self.service_user = system.service_user
+        self.visibility: JobVisibility = system.scheduler.job_visibility
+        self.scheduler = scheduler
+        self._runner_for = runner_for
+        self._metrics = metrics
+        self._clock = clock
+        self._scopes: dict[str, Scope] = {}
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._subscribers: Counter[str] = Counter()
+        self.budget = SubscriberBudget(self.system, self.settings)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"watcher-{self.system}")
+
+    async def close(self) -> None:
+        tasks = [t for t in [self._task, *(s.running for s in self._scopes.values())] if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+        for scope in self._scopes.values():
+            self._release_waiters(scope.waiting)
+            scope.waiting = []
+
+    # ------------------------------------------------------------ budgets
+
+    def check_capacity(self, user: str | None = None) -> None:
+        """``ServiceUnavailable`` when ``max_subscribers`` streams and long-polls are
+        open; ``TooManyRequests`` when ``user`` holds ``max_subscribers_per_user``."""
+        self.budget.check(user)
+
+    def acquire(self, user: str, kind: str) -> Slot:
+        """A place for one stream or long-poll of ``user`` (checked and taken at once,
+        so concurrent requests cannot overshoot); ``release()`` it when it ends."""
+        return self.budget.acquire(user, kind)
+
+    def held(self, user: str) -> int:
+        """Streams and long-polls ``user`` holds open now."""
+        return self.budget.held(user)
+
+    # ------------------------------------------------------------ consumers
+
+    def knows(self, user: str, job_id: str) -> bool:
+        """Whether looking ``job_id`` up for ``user`` costs no command of its own: the
+        caller's scope has a view of it, or the caller already has it watched."""
+        scope = self._scope(user)
+        return (
+            job_id in scope.views
+            or job_id in scope.leases.get(user, ())
+            or bool(scope.watches.get((user, job_id)))
+        )
+
+    def cached(self, user: str, job_id: str) -> JobView | None:
+        """The job if a fresh view of it exists and the caller may see it (no I/O);
+        keeps it watched."""
+        scope = self._scope(user)
+        view = scope.views.get(job_id)
+        if view is None or not self._may_see(user, view) or not self._fresh(scope, view):
+            return None
+        self._lease(scope, user, job_id)
+        return view
+
+    async def view(self, user: str, job_id: str) -> JobView:
+        """A fresh view of a job the caller may see: from the cache, else from the
+        next rounds of the caller's scope (which look jobs they have not seen up in
+        accounting too, one batch for all callers), run as the scope's identity.
+
+        ``NotFound`` for unknown jobs and for jobs the caller may not see;
+        ``ServiceUnavailable`` when the rounds fail or do not come in time.
+        """
+        job_id = validate_job_id(job_id)
+        scope = self._scope(user)
+        view = scope.views.get(job_id)
+        if view is not None and self._fresh(scope, view):
+            return self._visible(scope, view, user, job_id)
+        asked = self._clock()
+        self._lease(scope, user, job_id)
+        scope.wanted[job_id] += 1  # polled while we wait, whatever becomes of the lease
+        try:
+            deadline = asked + self._round_wait()
+            while (remaining := deadline - self._clock()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await self.next_round(scope, timeout=remaining)
+                view = scope.views.get(job_id)
+                if view is not None and view.observed >= asked:
+                    return self._visible(scope, view, user, job_id)
+                if scope.missing.get(job_id, -math.inf) >= asked:
+                    scope.unlease(user, job_id)
+                    raise errors.NotFound(f"Job not found: {job_id}")
+                if scope.failed_at >= asked:
+                    break
+        finally:
+            scope.wanted[job_id] -= 1
+            if scope.wanted[job_id] <= 0:
+                del scope.wanted[job_id]
+        raise errors.ServiceUnavailable(
+            f"The state of job {job_id} is not available right now; retry later"
+        )
+
+    def observe(
+        self,
+        user: str,
+        job_id: str,
+        job: Job,
+        *,
+        observed: float | None = None,
+        source: str | None = None,
+    ) -> JobView | None:
+        """Offer an answer that a command run as ``source`` (default: ``user``) gave
+        at ``observed``; the caller's own job stays watched.
+
+        Only answers of the scope's own identity feed its views. Another identity's
+        answer (in service mode: any caller's, printed through the caller's login
+        shell) is not written anywhere: the next round looks at the job as the
+        service identity. Returns the view written, or None.
+        """
+        scope = self._scope(user)
+        if job.user == user:
+            self._lease(scope, user, job_id)
+        if (source or user) != scope.user:
+            return None
+        when = self._clock() if observed is None else observed
+        view = scope.views.get(job_id)
+        if view is None or view.observed < when:
+            # a lookup of an ended job includes its accounting
+            view = self._update(scope, job_id, job, when, settled=job.tasks is not None)
+        return view
+
+    def subscribe(self, user: str, job_ids: Iterable[str] | None, kind: str) -> Subscription:
+        """Receive the events of ``job_ids`` (None: all of ``user``'s jobs) until
+        ``unsubscribe``; the jobs stay watched meanwhile. Budgets are the caller's
+        business (``acquire``)."""
+        scope = self._scope(user)
+        ids = frozenset(job_ids) if job_ids is not None else None
+        sub = Subscription(user, ids, kind)
+        if ids is None:
+            scope.all_jobs[user] += 1
+            scope.subs_all.setdefault(user, set()).add(sub)
+            scope.urgent = scope.urgent or scope.all_jobs[user] == 1
+        else:
+            for job_id in ids:
+                scope.watches[(user, job_id)] += 1
+                scope.subs_by_view.setdefault(job_id, set()).add(sub)
+        self._subscribers[kind] += 1
+        self._wake.set()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        scope = self._scope(sub.user)
+        self._subscribers[sub.kind] -= 1
+        if sub.view_ids is None:
+            scope.all_jobs[sub.user] -= 1
+            scope.subs_all.get(sub.user, set()).discard(sub)
+            if not scope.subs_all.get(sub.user, True):
+                del scope.subs_all[sub.user]
+            if scope.all_jobs[sub.user] <= 0:
+                del scope.all_jobs[sub.user]
+            return
+        for job_id in sub.view_ids:
+            key = (sub.user, job_id)
+            scope.watches[key] -= 1
+            if scope.watches[key] <= 0:
+                del scope.watches[key]
+                # a client that reconnects soon finds the job still watched
+                self._lease(scope, sub.user, job_id)
+            subs = scope.subs_by_view.get(job_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del scope.subs_by_view[job_id]
+
+    async def all_views(self, user: str) -> list[JobView]:
+        """The caller's own jobs the watcher knows, after a round that listed all of
+        them (call ``subscribe(user, None, ...)`` first)."""
+        scope = self._scope(user)
+        with contextlib.suppress(TimeoutError):
+            await self.next_round(scope)
+        views = [
+            view
+            for view_id, view in scope.views.items()
+            if view.owner == user and view_id == top_id(view_id)
+        ]
+        return sorted(views, key=lambda v: v.seq)
+
+    async def next_round(self, scope: Scope, *, timeout: float | None = None) -> None:
+        """Wait for the end of the next round of ``scope`` that starts after this call."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        scope.waiting.append(future)
+        scope.urgent = True
+        self._wake.set()
+        async with asyncio.timeout(self._round_wait() if timeout is None else timeout):
+            await future
+
+    def current(self, user: str, job_id: str) -> JobView | None:
+        """The view of ``job_id`` in the caller's scope as it is now (no freshness
+        check), if the caller may see it."""
+        view = self._scope(user).views.get(job_id)
+        return view if view is not None and self._may_see(user, view) else None
+
+    def submitted(self, user: str, job_id: str) -> None:
+        """A job was just submitted through this server: streams that follow all of
+        the user's jobs learn about it at the next round, which comes soon."""
+        scope = self._scope(user)
+        if scope.all_jobs.get(user):
+            scope.urgent = True
+            self._wake.set()
+
+    @property
+    def scheduler_timeout(self) -> float:
+        settings = getattr(self.scheduler, "settings", None)
+        return float(getattr(settings, "timeout", 30.0))
+
+    def stats(self) -> dict[str, float]:
+        """Figures for the metrics: interval, lag, views, watched ids, subscribers."""
+        now = self._clock()
+        active = [s for s in self._scopes.values() if s.has_interest(now)]
+        lag = age = 0.0
+        for scope in active:
+            if scope.last_done is not None:
+                age = max(age, now - scope.last_done)
+                lag = max(lag, now - scope.last_start - scope.interval)
+        return {
+            "interval": min((s.interval for s in active), default=self.settings.max_interval),
+            "lag": max(0.0, lag),
+            "data_age": age,
+            "scopes": len(active),
+            "views": sum(len(s.views) for s in self._scopes.values()),
+            "watched": sum(len(s.explicit_ids(now)) for s in self._scopes.values()),
+            "leases": sum(len(by_id) for s in self._scopes.values() for by_id in s.leases.values()),
+            "followed_users": sum(len(s.follows_all()) for s in self._scopes.values()),
+            "sse": self._subscribers["sse"],
+            "longpoll": self._subscribers["longpoll"],
+        }
+
+    # ------------------------------------------------------------ internals
+
+    def _scope(self, user: str) -> Scope:
+        name = self.service_user or user
+        scope = self._scopes.get(name)
+        if scope is None:
+            scope = self._scopes[name] = Scope(user=name, interval=self.settings.min_interval)
+        return scope
+
+    def _round_wait(self) -> float:
+        """How long a caller waits for rounds at most."""
+        return self.settings.min_interval + self.scheduler_timeout * 2 + 1
+
+    def _fresh(self, scope: Scope, view: JobView) -> bool:
+        """Final, or observed within the fast interval (plus one round's duration): a
+        job that can still change is watched at ``min_interval``."""
+        if view.final:
+            return True
+        limit = self.settings.min_interval + min(scope.round_seconds, self.settings.min_interval)
+        return self._clock() - view.observed <= limit
+
+    def _may_see(self, user: str, view: JobView) -> bool:
+        return may_see(user, view.owner, self.visibility)
+
+    def _visible(self, scope: Scope, view: JobView, user: str, job_id: str) -> JobView:
+        """``view`` if the caller may see it; else ``NotFound`` (and no interest kept)."""
+        try:
+            ensure_visible(user, view.owner, self.visibility, job_id)
+        except errors.NotFound:
+            if not scope.watches.get((user, job_id)):
+                scope.unlease(user, job_id)
+            raise
+        return view
+
+    def _lease(self, scope: Scope, user: str, job_id: str) -> None:
+        """Keep ``job_id`` watched for ``user`` for ``interest_seconds`` (at most
+        ``max_leases_per_user`` leases per user)."""
+        until = self._clock() + self.settings.interest_seconds
+        if scope.lease(user, job_id, until, self.settings.max_leases_per_user):
+            self._wake.set()
+
+    def _next_seq(self) -> int:
+        self._seq = max(self._seq + 1, int(time.time() * 1000))
+        return self._seq
+
+    def _update(
+        self, scope: Scope, view_id: str, job: Job, observed: float, *, settled: bool
+    ) -> JobView:
+        """Record an observation; publish an event when the state changed."""
+        view = scope.views.get(view_id)
+        if view is None:
+            event = JobEvent(self._next_seq(), job)
+            view = scope.views[view_id] = JobView(
+                view_id, job, event, observed, self.settings.history
+            )
+            self._publish(scope, view, event)
+        else:
+            view.observed = max(view.observed, observed)
+            sig = signature(job)
+            if view.final and sig == view.sig:
+                return view  # ended and settled: keep the accounted record
+            view.job = job
+            if sig != view.sig:
+                view.sig = sig
+                event = JobEvent(self._next_seq(), job)
+                view.history.append(event)
+                view.final = False
+                self._publish(scope, view, event)
+        if view.terminal:
+            view.terminal_at = view.terminal_at or observed
+            waited = observed - view.terminal_at
+            view.final = (settled and is_final(job)) or waited >= self.settings.settle_seconds
+        else:
+            view.terminal_at = None
+            view.final = False
+        return view
+
+    def _publish(self, scope: Scope, view: JobView, event: JobEvent) -> None:
+        if self._metrics is not None:
+            self._metrics.watcher_events.labels(self.system).inc()
+        owner = view.owner
+        for sub in scope.subs_by_view.get(view.view_id, ()):
+            if self._may_see(sub.user, view):
+                sub.deliver(view.view_id, event)
+        if owner is not None and view.view_id == top_id(view.view_id):
+            for sub in scope.subs_all.get(owner, ()):
+                sub.deliver(view.view_id, event)
+
+    def _due(self, scope: Scope, now: float) -> float | None:
+        """When the scope's next round should start, or None without interest."""
+        if not scope.has_interest(now):
+            return None
+        due = scope.last_start + scope.interval
+        if scope.urgent:
+            due = min(due, scope.last_start + self.settings.min_interval)
+        return due
+
+    async def _loop(self) -> None:
+        while True:
+            now = self._clock()
+            sleep = self.settings.max_interval
+            for name, scope in list(self._scopes.items()):
+                if scope.running is not None:
+                    continue
+                due = self._due(scope, now)
+                if due is None:
+                    if scope.waiting:
+                        self._release_waiters(scope.waiting)
+                        scope.waiting = []
+                    scope.expire(now, self.settings)
+                    if name != self.service_user and scope.idle():
+                        del self._scopes[name]
+                    continue
+                if due <= now:
+                    scope.running = asyncio.create_task(self._round(scope))
+                    scope.running.add_done_callback(functools.partial(self._round_done, scope))
+                else:
+                    sleep = min(sleep, due - now)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(sleep, 0.01)):
+                    await self._wake.wait()
+
+    def _round_done(self, scope: Scope, _: asyncio.Task[None]) -> None:
+        scope.running = None
+        self._wake.set()
+
+    @staticmethod
+    def _release_waiters(waiting: list[asyncio.Future[None]]) -> None:
+        for future in waiting:
+            if not future.done():
+                future.set_result(None)
+
+    async def _round(self, scope: Scope) -> None:
+        started = self._clock()
+        scope.last_start = started
+        scope.urgent = False
+        waiting, scope.waiting = scope.waiting, []
+        command_source.set("watcher")
+        outcome = "ok"
+        try:
+            changed = await self._poll(scope, started)
+            scope.failures = 0
+            scope.last_done = self._clock()
+            scope.round_seconds = scope.last_done - started
+            scope.interval = scope.next_interval(self._clock(), changed, self.settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            outcome = "error"
+            scope.failed_at = self._clock()
+            scope.failures += 1
+            backoff = self.settings.min_interval * 2 ** min(scope.failures, 10)
+            scope.interval = min(self.settings.max_interval, backoff)
+            level = logging.WARNING if isinstance(exc, errors.ApiError) else logging.ERROR
+            log.log(
+                level,
+                "watcher round failed",
+                exc_info=not isinstance(exc, errors.ApiError),
+                extra={"system": self.system, "scope": scope.user, "reason": str(exc)},
+            )
+        finally:
+            self._release_waiters(waiting)
+            scope.expire(self._clock(), self.settings)
+            if self._metrics is not None:
+                self._metrics.watcher_rounds.labels(self.system, outcome).inc()
+                self._metrics.watcher_round_seconds.labels(self.system).observe(
+                    self._clock() - started
+                )
+
+    async def _poll(self, scope: Scope, now: float) -> bool:
+        """One round as the scope's identity: the controller, then accounting for
+        ended, vanished or never-seen jobs; True if anything changed."""
+        runner = self._runner_for(scope.user)
+        poll_ids = scope.window(scope.poll_ids(now), self.settings.max_batch)
+        followed = scope.follows_all()
+        limit = self.settings.max_batch
+        if followed:
+            users = sorted(scope.interested_users(now))
+            listed = await self.scheduler.active_jobs(runner, users=users)
+        elif poll_ids:
+            listed = await self.scheduler.active_jobs(runner, job_ids=poll_ids)
+        else:
+            return False
+        observed = self._clock()
+        records: dict[str, Job] = {}
+        raw_ids: dict[str, str] = {}
+        for item in listed:
+            records[item.job.job_id] = item.job
+            raw_ids.setdefault(item.raw_id, item.job.job_id)
+        view_ids = set(poll_ids)
+        if followed:
+            view_ids.update(
+                top_id(job_id) for job_id, job in records.items() if job.user in followed
+            )
+        found_by_id = {view_id: entries(view_id, records, raw_ids) for view_id in view_ids}
+        accounting = [
+            view_id
+            for view_id in sorted(view_ids, key=id_sort_key)
+            if wants_accounting(scope, view_id, found_by_id[view_id])
+        ][:limit]
+        accounted: list[Job] = []
+        if accounting:
+            accounted = await self.scheduler.accounted_jobs(runner, accounting)
+        accounted_ids = set(accounting)
+        changed = False
+        for view_id in view_ids:
+            found = found_by_id[view_id]
+            mine = (
+                accounted_for(view_id, found, accounted, self.scheduler.drop_stale)
+                if view_id in accounted_ids
+                else []
+            )
+            merged = records_named(view_id, merge_records(found, mine)) if mine else found
+            before = scope.views.get(view_id)
+            if not merged:
+                if view_id not in accounted_ids:
+                    continue  # not asked this round
+                if before is None:
+                    # neither the controller nor accounting knows it: stop watching it
+                    scope.missing[view_id] = now
+                    for by_id in scope.leases.values():
+                        by_id.pop(view_id, None)
+                else:
+                    before.observed = max(before.observed, observed)  # nothing newer known
+                continue
+            job = as_answer(view_id, merged)
+            old_seq = before.seq if before is not None else None
+            is_settled = bool(mine) and settled(found, mine)
+            view = self._update(scope, view_id, job, observed, settled=is_settled)
+            changed = changed or view.seq != old_seq
+        return changed
