@@ -1,7 +1,10 @@
 """An in-memory stand-in for the server's HTTP API, for the provider's unit tests only.
 
 It implements the subset of the FirecREST v2 wire API the provider calls, behind an
-``httpx.MockTransport``; integration tests use the real server instead.
+``httpx.MockTransport``; integration tests use the real server instead. The wire shapes
+are not written here: request bodies are read and answers are built with the server's own
+models (``hpcgate``), so the fake speaks exactly what the server speaks, and
+``test_wire_contract.py`` checks its routes against the server's.
 """
 
 from __future__ import annotations
@@ -17,8 +20,15 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from airflow_provider_hpc.hooks.models import TERMINAL_STATES
+from hpcgate.api.routers import filesystem as fs_wire
+from hpcgate.api.routers import status as status_wire
+from hpcgate.compute.scheduler import models as jobs_wire
+from hpcgate.filesystem.models import FileChecksum, FileContent, FileStat
+from hpcgate.transfer import models as transfer_wire
+from hpcgate.wire import ErrorBody
 
 TOKEN_URL = "https://idp.test/token"
 BASE_URL = "http://hpc.test"
@@ -39,29 +49,60 @@ class FakeJob:
     def state(self) -> str:
         return self.plan[min(self.polls, len(self.plan) - 1)]
 
+    def model(self) -> jobs_wire.Job:
+        ended = self.state not in ("PENDING", "RUNNING")
+        return jobs_wire.Job(
+            job_id=self.job_id,
+            name=self.name,
+            status=jobs_wire.JobStatus(
+                state=self.state, exit_code=self.exit_code if ended else None
+            ),
+            time=jobs_wire.JobTime(elapsed=1),
+            allocation_nodes=1,
+            cluster="cluster",
+            nodes="n1",
+            partition="debug",
+            user="hpcuser",
+            working_directory=self.working_directory,
+        )
+
     def wire(self) -> dict[str, Any]:
-        return {
-            "jobId": self.job_id,
-            "name": self.name,
-            "status": {
-                "state": self.state,
-                "stateReason": None,
-                "exitCode": self.exit_code if self.state not in ("PENDING", "RUNNING") else None,
-            },
-            "time": {"elapsed": 1},
-            "allocationNodes": 1,
-            "cluster": "cluster",
-            "nodes": "n1",
-            "partition": "debug",
-            "user": "hpcuser",
-            "workingDirectory": self.working_directory,
-        }
+        return _json(self.model())
+
+
+def _json(model: BaseModel) -> dict[str, Any]:
+    """The JSON the server sends for ``model`` (its models serialise by alias)."""
+    return model.model_dump(mode="json")
+
+
+def _ok(
+    model: BaseModel, status: int = 200, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return httpx.Response(status, json=_json(model), headers=headers)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.Response(
-        status, json={"errorType": "error", "message": message, "user": "hpcuser"}, headers=headers
-    )
+    body = ErrorBody(error_type="error", message=message, user="hpcuser")
+    return _ok(body, status, headers)
+
+
+def _read(model: type[BaseModel], request: httpx.Request) -> Any:
+    """The JSON body as the server's ``model`` reads it; a ValidationError is a 422."""
+    return model.model_validate_json(request.content)
+
+
+class _Missing(LookupError):
+    """A 404 with this message."""
+
+
+_SYSTEM = status_wire.System(
+    name=SYSTEM,
+    ssh=status_wire.SshInfo(host="login", port=22, max_clients=10, timeout=status_wire.SshTimeouts(
+        connection=5, command_execution=30, idle_timeout=60, keep_alive=5)),
+    scheduler=status_wire.SchedulerInfo(type="slurm", version="24.05", timeout=30),
+    services_health=None, last_health_check=None, file_systems=[],
+    data_operation=status_wire.DataOperation(),
+)  # fmt: skip
 
 
 def _multipart_file(request: httpx.Request) -> tuple[str, bytes]:
@@ -172,6 +213,14 @@ class FakeHpcApi:
                 if isinstance(answer, BaseException):
                     raise answer
                 return answer(request) if callable(answer) else answer
+        try:
+            return self._dispatch(request)
+        except ValidationError as error:  # as the server: a body its models refuse
+            return _ok(ErrorBody(error_type="validation", message=str(error)), 422)
+        except _Missing as missing:
+            return _error(404, str(missing))
+
+    def _dispatch(self, request: httpx.Request) -> httpx.Response:
         if str(request.url) == TOKEN_URL:
             return self._token(request)
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -219,11 +268,12 @@ class FakeHpcApi:
         )
 
     def _systems(self, request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"systems": [{"name": SYSTEM, "fileSystems": []}]})
+        return _ok(status_wire.SystemsResponse(systems=[_SYSTEM]))
 
     # ------------------------------------------------------------------ compute
 
     def _submit(self, request: httpx.Request, system: str) -> httpx.Response:
+        _read(jobs_wire.JobSubmitRequest, request)
         body = json.loads(request.content)["job"]
         key = request.headers.get("idempotency-key")
         if self.idempotency is not None and key in self.idempotency:
@@ -233,29 +283,28 @@ class FakeHpcApi:
                     422,
                     "This Idempotency-Key was used with a different request body; use a new key",
                 )
-            return httpx.Response(
-                201, json={"jobId": known}, headers={"Idempotent-Replayed": "true"}
-            )
+            replayed = {"Idempotent-Replayed": "true"}
+            return _ok(jobs_wire.JobSubmitResponse(job_id=known), 201, replayed)
         job = self.add_job(body.get("name") or "job", exit_code=self.exit_code)
         job.working_directory = body["workingDirectory"]
         job.spec = body
         if self.idempotency is not None and key:
             self.idempotency[key] = job.job_id
-        return httpx.Response(201, json={"jobId": job.job_id})
+        return _ok(jobs_wire.JobSubmitResponse(job_id=job.job_id), 201)
 
     def _list(self, request: httpx.Request, system: str) -> httpx.Response:
         name = request.url.params.get("name")
-        jobs = [j.wire() for j in self.jobs.values() if name is None or j.name == name]
-        return httpx.Response(200, json={"jobs": jobs})
+        jobs = [j.model() for j in self.jobs.values() if name is None or j.name == name]
+        return _ok(jobs_wire.JobsResponse(jobs=jobs))
 
-    def _job(self, job_id: str) -> FakeJob | None:
-        return self.jobs.get(job_id)
+    def _job(self, job_id: str) -> FakeJob:
+        if job_id not in self.jobs:
+            raise _Missing(f"Job not found: {job_id}")
+        return self.jobs[job_id]
 
     def _get(self, request: httpx.Request, system: str, job_id: str) -> httpx.Response:
         job = self._job(job_id)
-        if job is None:
-            return _error(404, f"Job not found: {job_id}")
-        answer = httpx.Response(200, json={"jobs": [job.wire()]})
+        answer = _ok(jobs_wire.JobsResponse(jobs=[job.model()]))
         job.polls += 1
         return answer
 
@@ -304,86 +353,60 @@ class FakeHpcApi:
 
     def _cancel(self, request: httpx.Request, system: str, job_id: str) -> httpx.Response:
         job = self._job(job_id)
-        if job is None:
-            return _error(404, f"Job not found: {job_id}")
         if job.state not in ("PENDING", "RUNNING"):
             return _error(400, f"job {job_id} has already finished")
         job.plan, job.polls, job.exit_code = ["CANCELLED"], 0, 15
         return httpx.Response(204)
 
     def _metadata(self, request: httpx.Request, system: str, job_id: str) -> httpx.Response:
-        job = self._job(job_id)
-        if job is None:
-            return _error(404, f"Job not found: {job_id}")
-        meta = {
-            "jobId": job_id,
-            "script": "#!/bin/bash\n",
-            "standardOutput": f"slurm-{job_id}.out",
-            "standardError": f"/scratch/hpcuser/slurm-{job_id}.err",
-        }
-        return httpx.Response(200, json={"jobs": [meta]})
+        self._job(job_id)
+        meta = jobs_wire.JobMetadata(
+            job_id=job_id,
+            script="#!/bin/bash\n",
+            standard_output=f"slurm-{job_id}.out",
+            standard_error=f"/scratch/hpcuser/slurm-{job_id}.err",
+        )
+        return _ok(jobs_wire.JobMetadataResponse(jobs=[meta]))
 
     # ------------------------------------------------------------------ filesystem
 
-    def _file(self, request: httpx.Request) -> tuple[str, bytes | None]:
+    def _file(self, request: httpx.Request) -> bytes:
         path = request.url.params["path"]
-        return path, self.files.get(path)
+        if path not in self.files:
+            raise _Missing(f"{path}: No such file or directory")
+        return self.files[path]
 
     def _tail(self, request: httpx.Request, system: str) -> httpx.Response:
-        path, data = self._file(request)
-        if data is None:
-            return _error(404, f"{path}: No such file or directory")
+        data = self._file(request)
         lines = int(request.url.params.get("lines", 10))
         text = "".join(data.decode().splitlines(keepends=True)[-lines:])
-        return httpx.Response(
-            200,
-            json={
-                "output": {
-                    "content": text,
-                    "contentType": "lines",
-                    "startPosition": 0,
-                    "endPosition": 0,
-                }
-            },
-        )
+        content = FileContent(content=text, content_type="lines", start_position=0, end_position=0)
+        return _ok(fs_wire.ContentResponse(output=content))
 
     def _view(self, request: httpx.Request, system: str) -> httpx.Response:
-        path, data = self._file(request)
-        if data is None:
-            return _error(404, f"{path}: No such file or directory")
+        data = self._file(request)
         offset = int(request.url.params.get("offset", 0))
         size = int(request.url.params.get("size", len(data)))
-        return httpx.Response(200, json={"output": data[offset : offset + size].decode()})
+        return _ok(fs_wire.TextResponse(output=data[offset : offset + size].decode()))
 
     def _stat(self, request: httpx.Request, system: str) -> httpx.Response:
-        path, data = self._file(request)
+        path = request.url.params["path"]
+        data = self.files.get(path)
         if data is None and path.rstrip("/") not in self.dirs:
-            return _error(404, f"{path}: No such file or directory")
-        stat = {
-            "mode": 33188,
-            "ino": 1,
-            "dev": 1,
-            "nlink": 1,
-            "uid": 1000,
-            "gid": 1000,
-            "size": len(data or b""),
-            "atime": 0,
-            "ctime": 0,
-            "mtime": 0,
-        }
-        return httpx.Response(200, json={"output": stat})
+            raise _Missing(f"{path}: No such file or directory")
+        stat = FileStat(
+            mode=33188, ino=1, dev=1, nlink=1, uid=1000, gid=1000, size=len(data or b""),
+            atime=0, mtime=0, ctime=0,
+        )  # fmt: skip
+        return _ok(fs_wire.StatResponse(output=stat))
 
     def _checksum(self, request: httpx.Request, system: str) -> httpx.Response:
-        path, data = self._file(request)
-        if data is None:
-            return _error(404, f"{path}: No such file or directory")
+        data = self._file(request)
         digest = hashlib.sha256(data + (b"x" if self.bad_checksum else b"")).hexdigest()
-        return httpx.Response(200, json={"output": {"algorithm": "SHA256", "checksum": digest}})
+        return _ok(fs_wire.ChecksumResponse(output=FileChecksum(checksum=digest)))
 
     def _download(self, request: httpx.Request, system: str) -> httpx.Response:
-        path, data = self._file(request)
-        if data is None:
-            return _error(404, f"{path}: No such file or directory")
+        data = self._file(request)
         return httpx.Response(
             200, content=data, headers={"content-type": "application/octet-stream"}
         )
@@ -391,49 +414,44 @@ class FakeHpcApi:
     def _upload(self, request: httpx.Request, system: str) -> httpx.Response:
         directory = request.url.params["path"].rstrip("/")
         if directory not in self.dirs:
-            return _error(404, f"{directory}: No such file or directory")
+            raise _Missing(f"{directory}: No such file or directory")
         filename, data = _multipart_file(request)
         self.files[f"{directory}/{filename}"] = data
         return httpx.Response(204)
 
     def _mkdir(self, request: httpx.Request, system: str) -> httpx.Response:
-        body = json.loads(request.content)
-        path = body["path"].rstrip("/")
-        if not body.get("parent") and posixpath.dirname(path) not in self.dirs:
-            return _error(404, f"{path}: No such file or directory")
+        body = _read(fs_wire.MkdirRequest, request)
+        path = body.path.rstrip("/")
+        if not body.parent and posixpath.dirname(path) not in self.dirs:
+            raise _Missing(f"{path}: No such file or directory")
         while path and path not in self.dirs:
             self.dirs.add(path)
             path = posixpath.dirname(path)
-        return httpx.Response(201, json={"output": None})
+        return _ok(fs_wire.FileResponse(output=None), 201)
 
     def _rm(self, request: httpx.Request, system: str) -> httpx.Response:
         path = request.url.params["path"]
         if self.files.pop(path, None) is None:
             if path not in self.dirs:
-                return _error(404, f"{path}: No such file or directory")
+                raise _Missing(f"{path}: No such file or directory")
             self.dirs.discard(path)
         return httpx.Response(204)
 
     def _transfer(self, request: httpx.Request, system: str, op: str) -> httpx.Response:
-        body = json.loads(request.content)
-        data = self.files.get(body["sourcePath"])
+        body = _read(
+            transfer_wire.MoveRequest if op == "mv" else transfer_wire.CopyRequest, request
+        )
+        data = self.files.get(body.source_path)
         job = self.add_job(f"transfer-{op}", plan=["RUNNING", "COMPLETED" if data else "FAILED"])
         if data is not None:
-            self.files[body["targetPath"]] = data
+            self.files[body.target_path] = data
             if op == "mv":
-                del self.files[body["sourcePath"]]
-        logs = {
-            "outputLog": f"/scratch/hpcuser/slurm-{job.job_id}.out",
-            "errorLog": f"/scratch/hpcuser/slurm-{job.job_id}.err",
-        }
-        return httpx.Response(
-            201,
-            json={
-                "transferJob": {
-                    "jobId": job.job_id,
-                    "system": system,
-                    "workingDirectory": "/scratch/hpcuser",
-                    "logs": logs,
-                }
-            },
+                del self.files[body.source_path]
+        logs = transfer_wire.TransferJobLogs(
+            output_log=f"/scratch/hpcuser/slurm-{job.job_id}.out",
+            error_log=f"/scratch/hpcuser/slurm-{job.job_id}.err",
         )
+        transfer = transfer_wire.TransferJob(
+            job_id=job.job_id, system=system, working_directory="/scratch/hpcuser", logs=logs
+        )
+        return _ok(transfer_wire.TransferJobResponse(transfer_job=transfer), 201)
