@@ -91,9 +91,12 @@ def start_server(
     *,
     overrides: dict[str, Any] | None = None,
     settings_overrides: dict[str, Any] | None = None,
+    launcher: str = "hpcgate.cli",
 ) -> ApiServer:
     """Write a configuration for the site (plus ``overrides`` on the system and
-    ``settings_overrides`` at the top level) and serve it; state lives in ``workdir``."""
+    ``settings_overrides`` at the top level) and serve it; state lives in ``workdir``.
+    ``launcher``: the module run as ``python -m <launcher> serve`` (``tests.faults``
+    serves the application with injected faults)."""
     key_dir = workdir / "keys"
     config = local_site_config(site_env.values, key_dir)
     config.setdefault("state_dir", str(workdir / "state"))
@@ -108,7 +111,7 @@ def start_server(
         [
             sys.executable,
             "-m",
-            "hpcgate.cli",
+            launcher,
             "serve",
             "--config",
             str(config_path),

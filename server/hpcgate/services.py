@@ -1,4 +1,10 @@
-"""The long-lived objects behind the routes, built once from the configuration."""
+"""The long-lived objects behind the routes, built once from the configuration.
+
+``Services`` owns each of them and its lifecycle (``start``/``close``): the SSH pool,
+per system the scheduler, the job watcher, the account policy and the filesystem's
+shared state, the transfer service, health checks, keyed submissions and metrics.
+Routes ask for them through ``hpcgate.api.dependencies``; they never build a backend.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from prometheus_client.core import Metric
 
 from hpcgate.auth.accounts import AccountPolicy, build_policy
 from hpcgate.auth.tokens import TokenValidator
+from hpcgate.cluster.remote import CommandRunner
 from hpcgate.cluster.sshpool import SshPool
 from hpcgate.compute.idempotency import (
     IdempotencyStore,
@@ -22,10 +29,13 @@ from hpcgate.compute.idempotency import (
 from hpcgate.compute.scheduler.base import Scheduler
 from hpcgate.compute.scheduler.slurm import SlurmScheduler
 from hpcgate.compute.watcher import JobWatcher
-from hpcgate.config import Settings, SystemSettings
+from hpcgate.config import FilesystemLimits, Settings, SystemSettings
 from hpcgate.errors import ClusterUnreachable
+from hpcgate.filesystem.base import Filesystem
+from hpcgate.filesystem.sftp import SftpFilesystem, SystemState
 from hpcgate.operations.health import HealthChecker, Probe
 from hpcgate.operations.metrics import Metrics, command_source, gauge, pool_gauges
+from hpcgate.transfer.service import TransferService
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +161,9 @@ def _watcher_gauges(watchers: dict[str, JobWatcher]) -> Callable[[], Iterable[Me
 
 @dataclass
 class Services:
-    """Token validation, the SSH pool, one scheduler and job watcher per system, health
-    checks, keyed submissions and metrics."""
+    """Token validation, the SSH pool, per system a scheduler, a job watcher, an account
+    policy and the filesystem's shared state; the transfer service, health checks,
+    keyed submissions and metrics."""
 
     settings: Settings
     tokens: TokenValidator
@@ -165,6 +176,31 @@ class Services:
     submitter: IdempotentSubmitter | None = None
     accounts: dict[str, AccountPolicy] = field(default_factory=dict)
     """Per system (by configured name): which accounts tokens may act as."""
+    filesystems: dict[str, SystemState] = field(default_factory=dict)
+    """Per system: the path policy, the write guard, per-user names (``SystemState``)."""
+    transfers: TransferService | None = None
+
+    def filesystem(
+        self, system: str, username: str, limits: FilesystemLimits | None = None
+    ) -> Filesystem:
+        """``username``'s filesystem on ``system`` (cheap: one per request)."""
+        state = self.filesystems.get(system)
+        if state is None:
+            settings = self.settings.system(system)
+            assert settings is not None, f"no system {system!r}"
+            state = self.filesystems[system] = SystemState(settings)
+        return SftpFilesystem(
+            self.pool,
+            state.system,
+            username,
+            self.pool.runner(system, username),
+            state=state,
+            limits=limits,
+        )
+
+    def runner(self, system: str, username: str) -> CommandRunner:
+        """Runs commands on ``system`` as ``username``."""
+        return self.pool.runner(system, username)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -200,7 +236,7 @@ class Services:
         }
         metrics.add_gauges(pool_gauges(pool.stats))
         metrics.add_gauges(_watcher_gauges(watchers))
-        return cls(
+        services = cls(
             settings,
             TokenValidator(settings.auth),
             pool,
@@ -211,7 +247,15 @@ class Services:
             watchers,
             submitter,
             accounts,
+            {system.name: SystemState(system) for system in settings.systems},
         )
+        services.transfers = TransferService(
+            settings,
+            filesystem=services.filesystem,
+            runner=services.runner,
+            schedulers=schedulers,
+        )
+        return services
 
     async def start(self) -> None:
         await self.tokens.start()
@@ -222,8 +266,12 @@ class Services:
         self.health.start()
         for watcher in self.watchers.values():
             watcher.start()
+        if self.transfers is not None:
+            await self.transfers.start()
 
     async def close(self) -> None:
+        if self.transfers is not None:
+            await self.transfers.close()
         for watcher in self.watchers.values():
             await watcher.close()
         await self.health.stop()

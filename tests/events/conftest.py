@@ -1,4 +1,6 @@
-"""A dedicated server for the event tests: service-user watcher, fast rounds, faults."""
+"""A dedicated server for the event tests: service-user watcher, fast rounds, faults
+(served by ``tests.faults``: keys starting with ``FAULT_PREFIX`` stall ``FAULT_DELAY``
+seconds before their job is recorded and before the answer)."""
 
 from __future__ import annotations
 
@@ -9,15 +11,19 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.faults import FAULT_DELAY, FAULT_PREFIX
 from tests.server import ApiServer, free_port, start_server
 from tests.site import SiteEnv
 
+__all__ = ["FAULTS", "FAULT_DELAY", "FAULT_PREFIX", "events_config", "remote"]
+
 MIN_INTERVAL = 1.0
-FAULT_PREFIX = "fault-"
-FAULT_DELAY = 2.0
+FAULTS = "tests.faults"
+"""The launcher that serves the application with the faults (``start_server``)."""
 
 WATCHER = {
     "min_interval": MIN_INTERVAL,
@@ -28,17 +34,13 @@ WATCHER = {
     # itself is tested on private servers (tests/security/test_event_trust.py)
     "max_subscribers_per_user": 2000,
 }
-IDEMPOTENCY = {
-    "fault_delay_before_record": FAULT_DELAY,
-    "fault_delay_before_response": FAULT_DELAY,
-    "fault_key_prefix": FAULT_PREFIX,
-}
 
 
-def events_config() -> dict[str, object]:
+def events_config() -> dict[str, Any]:
     return {
         "overrides": {"watcher": WATCHER},
-        "settings_overrides": {"idempotency": IDEMPOTENCY, "health": {"interval_seconds": 3600}},
+        "settings_overrides": {"health": {"interval_seconds": 3600}},
+        "launcher": FAULTS,
     }
 
 

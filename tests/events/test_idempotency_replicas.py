@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from hpcgate.compute.idempotency import KeyScope, stamp
-from tests.events.conftest import FAULT_PREFIX, IDEMPOTENCY
+from tests.events.conftest import FAULT_PREFIX, FAULTS
 from tests.events.test_idempotency import job_body, jobs_named, jobs_with_stamp
 from tests.server import start_server
 from tests.site import SiteEnv
@@ -24,7 +24,6 @@ async def test_one_key_sent_to_two_replicas_makes_one_job(
     """The same key reaches both replicas at once: one submits (and stalls before
     recording the job, widening the race); the other waits for its answer."""
     idempotency = {
-        **IDEMPOTENCY,
         "backend": "redis",
         "redis_url": redis_url,
         "redis_key_prefix": f"e2e:{uuid.uuid4().hex[:8]}:",
@@ -34,7 +33,11 @@ async def test_one_key_sent_to_two_replicas_makes_one_job(
     try:
         for name in ("a", "b"):
             (tmp_path / name).mkdir()
-            servers.append(start_server(site_env, tmp_path / name, settings_overrides=settings))
+            servers.append(
+                start_server(
+                    site_env, tmp_path / name, settings_overrides=settings, launcher=FAULTS
+                )
+            )
         name = f"idem-{uuid.uuid4().hex[:8]}"
         key = f"{FAULT_PREFIX}{uuid.uuid4()}"
         body = job_body(site_env, name)

@@ -336,10 +336,10 @@ async def test_id_names_keep_only_what_was_asked_and_refuse_huge_ids() -> None:
 
 
 def test_id_names_are_per_user() -> None:
-    from hpcgate.filesystem.sftp import _SystemState
+    from hpcgate.filesystem.sftp import SystemState
 
     settings = load_settings_for_tests()
-    state = _SystemState(settings.systems[0])
+    state = SystemState(settings.systems[0])
     assert state.names("hpcuser1") is state.names("hpcuser1")
     assert state.names("hpcuser1") is not state.names("hpcuser2")
 

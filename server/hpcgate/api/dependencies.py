@@ -1,4 +1,9 @@
-"""FastAPI dependencies: who is calling, on which system, with which services."""
+"""FastAPI dependencies: who is calling, on which system, with which services.
+
+The one way routes reach the long-lived objects of ``hpcgate.services.Services``: the
+caller's ``Filesystem`` on a system, the scheduler, the runner, the transfer service.
+Routes get interfaces from here; they never build a backend themselves.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,11 @@ from hpcgate.auth.tokens import Principal, require_scopes
 from hpcgate.cluster.remote import CommandRunner
 from hpcgate.compute.scheduler.base import Scheduler
 from hpcgate.config import SystemSettings
-from hpcgate.errors import NotFound, Unauthorized
+from hpcgate.errors import NotFound, ServiceUnavailable, Unauthorized
+from hpcgate.filesystem.base import Filesystem
 from hpcgate.operations.health import ServiceType
 from hpcgate.services import Services
+from hpcgate.transfer.service import TransferService
 
 _bearer = HTTPBearer(auto_error=False, description="an OIDC access token (JWT)")
 
@@ -74,6 +81,10 @@ class SystemContext:
     def scheduler(self) -> Scheduler:
         return self.services.schedulers[self.system.name]
 
+    def filesystem(self) -> Filesystem:
+        """The caller's filesystem on the system."""
+        return self.services.filesystem(self.system.name, self.principal.username)
+
     def ensure_healthy(self, service: ServiceType) -> None:
         self.services.health.ensure_healthy(self.system.name, service)
 
@@ -94,3 +105,22 @@ async def system_context(
 
 
 SystemDep = Annotated[SystemContext, Depends(system_context)]
+
+
+def get_filesystem(ctx: SystemDep) -> Filesystem:
+    """The caller's filesystem on the system (503 while the filesystems are unhealthy)."""
+    ctx.ensure_healthy("filesystem")
+    return ctx.filesystem()
+
+
+FilesystemDep = Annotated[Filesystem, Depends(get_filesystem)]
+
+
+def get_transfers(services: ServicesDep) -> TransferService:
+    """The application's transfer service (``Services.transfers``)."""
+    if services.transfers is None:
+        raise ServiceUnavailable("Transfers are not available on this server")
+    return services.transfers
+
+
+TransfersDep = Annotated[TransferService, Depends(get_transfers)]

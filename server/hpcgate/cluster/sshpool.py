@@ -24,6 +24,9 @@ cluster or the cluster does not accept the credentials, which a retry will not f
 prints more than ``ssh.max_output_bytes`` (see ``hpcgate.cluster.output``: both streams are
 read in bounded chunks, never whole). Either way the remote command is stopped: SIGTERM
 to its process group (srun forwards it to its job step), SIGKILL after a short grace.
+
+Here: leasing, connecting, reaping and the SFTP session of the pool; one connection
+is ``hpcgate.cluster.connection``, running one command on it ``hpcgate.cluster.commands``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -39,121 +41,30 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import asyncssh
-from asyncssh.constants import OPEN_CONNECT_FAILED
 
 from hpcgate import errors
+from hpcgate.cluster.commands import execute
+from hpcgate.cluster.connection import (
+    CLOSE_GRACE_SECONDS,
+    LOST,
+    ChannelNotOpened,
+    Client,
+    Connection,
+    unreachable,
+)
 from hpcgate.cluster.credentials import (
-    SshIdentity,
     SshIdentityProvider,
     identity_provider_for,
     validate_username,
 )
-from hpcgate.cluster.output import CHUNK, OutputBudget, OutputLimits, collect_output
+from hpcgate.cluster.output import OutputLimits
 from hpcgate.cluster.remote import CommandResult, CommandRunner
 from hpcgate.config import Settings, SystemSettings
 
 log = logging.getLogger(__name__)
-
 _Key = tuple[str, str]
-_LOST = (
-    asyncssh.ConnectionLost,
-    asyncssh.DisconnectError,
-    asyncssh.SFTPConnectionLost,
-    BrokenPipeError,
-    ConnectionResetError,
-)
-_CLOSE_GRACE_SECONDS = 5.0
-_TERM_GRACE_SECONDS = 1.0
 
 CommandObserver = Callable[[str, Sequence[str], float, "int | None"], None]
-
-
-class _ChannelNotOpened(Exception):
-    """The connection was dead when a channel was opened: nothing ran remotely."""
-
-
-def _unreachable(system: SystemSettings, reason: str) -> errors.ClusterUnreachable:
-    return errors.ClusterUnreachable(f"Cannot reach system {system.name} over SSH: {reason}")
-
-
-class _Client(asyncssh.SSHClient):
-    """Tells the pool when its connection goes away."""
-
-    def __init__(self, on_lost: Callable[[Exception | None], None]) -> None:
-        super().__init__()
-        self._on_lost = on_lost
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._on_lost(exc)
-
-
-class _Connection:
-    """One pooled connection: its channel budget, leases and SFTP session."""
-
-    def __init__(self, system: SystemSettings, username: str, identity: SshIdentity) -> None:
-        self.system = system
-        self.username = username
-        self.identity = identity
-        self.conn: asyncssh.SSHClientConnection | None = None
-        self.closed = False
-        self.leases = 0
-        self.channels_in_use = 0
-        self.last_used = asyncio.get_running_loop().time()
-        self._channels = asyncio.Semaphore(system.ssh.max_channels_per_connection)
-        self.output_budget = OutputBudget(system.ssh.max_output_bytes_per_user)
-        self._sftp: asyncssh.SFTPClient | None = None
-        self._sftp_lock = asyncio.Lock()
-
-    @property
-    def usable(self) -> bool:
-        return not self.closed and self.conn is not None and not self.conn.is_closed()
-
-    @property
-    def has_sftp(self) -> bool:
-        return self._sftp is not None
-
-    async def acquire_channel(self) -> None:
-        await self._channels.acquire()
-        self.channels_in_use += 1
-
-    def release_channel(self) -> None:
-        self.channels_in_use -= 1
-        self._channels.release()
-
-    def dead_at_open(self, exc: BaseException) -> bool:
-        """Whether ``exc``, raised while opening a channel, means the connection died."""
-        if isinstance(exc, _LOST) or not self.usable:
-            return True
-        return isinstance(exc, asyncssh.ChannelOpenError) and exc.code == OPEN_CONNECT_FAILED
-
-    async def sftp(self, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> asyncssh.SFTPClient:
-        """The connection's SFTP session, opened on first use."""
-        if self._sftp is not None:
-            return self._sftp
-        async with self._sftp_lock:
-            if self._sftp is None:
-                assert self.conn is not None
-                try:
-                    client = await self.conn.start_sftp_client()
-                except (asyncssh.ChannelOpenError, *_LOST) as exc:
-                    if self.dead_at_open(exc):
-                        raise _ChannelNotOpened(str(exc)) from exc
-                    raise
-                self._sftp = client
-                spawn(self._forget_sftp_when_closed(client))
-            return self._sftp
-
-    async def _forget_sftp_when_closed(self, client: asyncssh.SFTPClient) -> None:
-        with suppress(Exception):
-            await client.wait_closed()
-        if self._sftp is client:
-            self._sftp = None
-
-    def close(self) -> None:
-        self.closed = True
-        self._sftp = None
-        if self.conn is not None:
-            self.conn.close()
 
 
 class SshPool:
@@ -180,8 +91,8 @@ class SshPool:
             key: given.get(key) or identity_provider_for(system.credentials)
             for key, system in self._systems.items()
         }
-        self._connections: dict[_Key, _Connection] = {}
-        self._connecting: dict[_Key, asyncio.Task[_Connection]] = {}
+        self._connections: dict[_Key, Connection] = {}
+        self._connecting: dict[_Key, asyncio.Task[Connection]] = {}
         self._connects: Counter[str] = Counter()
         self._background: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -208,8 +119,8 @@ class SshPool:
         entry, client = await self._open_sftp(settings, username)
         try:
             yield client
-        except _LOST as exc:
-            raise _unreachable(settings, "the connection was lost") from exc
+        except LOST as exc:
+            raise unreachable(settings, "the connection was lost") from exc
         finally:
             self._release(entry)
 
@@ -234,7 +145,7 @@ class SshPool:
         closing = [entry.conn.wait_closed() for entry in entries if entry.conn is not None]
         with suppress(TimeoutError):
             await asyncio.wait_for(
-                asyncio.gather(*closing, return_exceptions=True), _CLOSE_GRACE_SECONDS
+                asyncio.gather(*closing, return_exceptions=True), CLOSE_GRACE_SECONDS
             )
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -267,7 +178,7 @@ class SshPool:
             raise errors.NotFound(f"System '{name}' does not exist")
         return system
 
-    async def _lease(self, system: SystemSettings, username: str) -> _Connection:
+    async def _lease(self, system: SystemSettings, username: str) -> Connection:
         """A live connection for the user, with a lease that keeps the reaper off it."""
         key = (system.name.lower(), username)
         fresh = False
@@ -279,7 +190,7 @@ class SshPool:
                 entry.leases += 1
                 return entry
             if fresh:
-                raise _unreachable(system, "the connection closed right after login")
+                raise unreachable(system, "the connection closed right after login")
             task = self._connecting.get(key)
             if task is None:
                 task = asyncio.create_task(self._connect(system, username))
@@ -288,21 +199,21 @@ class SshPool:
             await asyncio.shield(task)
             fresh = True
 
-    def _connect_done(self, key: _Key, task: asyncio.Task[_Connection]) -> None:
+    def _connect_done(self, key: _Key, task: asyncio.Task[Connection]) -> None:
         if self._connecting.get(key) is task:
             del self._connecting[key]
         if not task.cancelled():
             task.exception()  # retrieved here so an unawaited failure is not reported
 
-    async def _connect(self, system: SystemSettings, username: str) -> _Connection:
+    async def _connect(self, system: SystemSettings, username: str) -> Connection:
         ssh = system.ssh
         identity = await self._identities[system.name.lower()].identity(username)
-        entry = _Connection(system, username, identity)
+        entry = Connection(system, username, identity)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
             conn, _ = await asyncssh.create_connection(
-                lambda: _Client(lambda exc: self._lost(entry, exc)),
+                lambda: Client(lambda exc: self._lost(entry, exc)),
                 ssh.host,
                 ssh.port,
                 username=username,
@@ -325,16 +236,16 @@ class SshPool:
             ) from None
         except asyncssh.HostKeyNotVerifiable as exc:
             log.error("SSH host key not verified: system=%s: %s", system.name, exc.reason)
-            raise _unreachable(system, f"host key not verifiable ({exc.reason})") from None
+            raise unreachable(system, f"host key not verifiable ({exc.reason})") from None
         except asyncssh.DisconnectError as exc:
-            raise _unreachable(system, exc.reason or type(exc).__name__) from None
+            raise unreachable(system, exc.reason or type(exc).__name__) from None
         except TimeoutError:
-            raise _unreachable(system, f"no connection within {ssh.connect_timeout:g} s") from None
+            raise unreachable(system, f"no connection within {ssh.connect_timeout:g} s") from None
         except OSError as exc:
             log.warning("SSH connect failed: system=%s: %s", system.name, exc)
-            raise _unreachable(system, exc.strerror or type(exc).__name__) from None
+            raise unreachable(system, exc.strerror or type(exc).__name__) from None
         except asyncssh.Error as exc:
-            raise _unreachable(system, exc.reason or type(exc).__name__) from None
+            raise unreachable(system, exc.reason or type(exc).__name__) from None
         entry.conn = conn
         self._connects[system.name.lower()] += 1
         if self._closed:
@@ -349,7 +260,7 @@ class SshPool:
         )
         return entry
 
-    def _lost(self, entry: _Connection, exc: Exception | None) -> None:
+    def _lost(self, entry: Connection, exc: Exception | None) -> None:
         key = (entry.system.name.lower(), entry.username)
         if self._connections.get(key) is entry:
             del self._connections[key]
@@ -362,7 +273,7 @@ class SshPool:
             )
         entry.closed = True
 
-    def _discard(self, entry: _Connection, why: str) -> None:
+    def _discard(self, entry: Connection, why: str) -> None:
         key = (entry.system.name.lower(), entry.username)
         if self._connections.get(key) is entry:
             del self._connections[key]
@@ -375,7 +286,7 @@ class SshPool:
             )
         entry.close()
 
-    def _release(self, entry: _Connection) -> None:
+    def _release(self, entry: Connection) -> None:
         entry.leases -= 1
         entry.last_used = asyncio.get_running_loop().time()
 
@@ -386,23 +297,23 @@ class SshPool:
 
     async def _open_sftp(
         self, system: SystemSettings, username: str
-    ) -> tuple[_Connection, asyncssh.SFTPClient]:
+    ) -> tuple[Connection, asyncssh.SFTPClient]:
         for attempt in range(2):
             entry = await self._lease(system, username)
             try:
                 async with asyncio.timeout(system.ssh.connect_timeout):
                     return entry, await entry.sftp(self._spawn)
-            except _ChannelNotOpened as exc:
+            except ChannelNotOpened as exc:
                 self._release(entry)
                 self._discard(entry, "dead at SFTP open")
                 if attempt:
-                    raise _unreachable(system, "the connection was lost") from exc
+                    raise unreachable(system, "the connection was lost") from exc
             except TimeoutError:
                 self._release(entry)
-                raise _unreachable(system, "the SFTP session did not open in time") from None
+                raise unreachable(system, "the SFTP session did not open in time") from None
             except (asyncssh.Error, OSError) as exc:
                 self._release(entry)
-                raise _unreachable(system, f"cannot start SFTP ({exc})") from None
+                raise unreachable(system, f"cannot start SFTP ({exc})") from None
             except BaseException:
                 self._release(entry)
                 raise
@@ -452,152 +363,16 @@ class SshPool:
                 for attempt in range(2):
                     entry = await self._lease(system, username)
                     try:
-                        return await self._execute(entry, command, data, limits)
-                    except _ChannelNotOpened as exc:
+                        return await execute(entry, command, data, limits, self._spawn)
+                    except ChannelNotOpened as exc:
                         self._discard(entry, "dead at channel open")
                         if attempt:
-                            raise _unreachable(system, "the connection was lost") from exc
+                            raise unreachable(system, "the connection was lost") from exc
                     finally:
                         self._release(entry)
         except TimeoutError:
             raise errors.RequestTimeout(f"Command timed out after {limit:g} s") from None
         raise AssertionError("unreachable")
-
-    async def _execute(
-        self, entry: _Connection, command: str, data: bytes | None, limits: OutputLimits
-    ) -> CommandResult:
-        assert entry.conn is not None
-        await entry.acquire_channel()
-        handed_off = False
-        try:
-            opening = asyncio.ensure_future(
-                entry.conn.create_process(
-                    command,
-                    input=data,
-                    stdin=asyncssh.PIPE if data is not None else asyncssh.DEVNULL,
-                    encoding=None,
-                )
-            )
-            try:
-                # shielded: a cancelled open may still start the command, which must die
-                process = await asyncio.shield(opening)
-            except asyncio.CancelledError:
-                handed_off = True
-                self._spawn(self._abandon(entry, opening))
-                raise
-            except (asyncssh.ChannelOpenError, *_LOST) as exc:
-                if _never_opened(exc):
-                    raise _ChannelNotOpened(str(exc)) from exc
-                if entry.dead_at_open(exc):  # after the exec request went out: maybe ran
-                    raise _unreachable(
-                        entry.system, "the connection was lost while the command ran"
-                    ) from None
-                raise _unreachable(entry.system, f"cannot open a channel ({exc})") from None
-            try:
-                stdout, stderr = await self._collect(entry, process, command, limits)
-            except BaseException:
-                handed_off = True
-                self._spawn(self._abandon(entry, opening))
-                raise
-        finally:
-            if not handed_off:
-                entry.release_channel()
-        return CommandResult(
-            exit_status=self._exit_status(entry, process), stdout=stdout, stderr=stderr
-        )
-
-    async def _collect(
-        self,
-        entry: _Connection,
-        process: asyncssh.SSHClientProcess[bytes],
-        command: str,
-        limits: OutputLimits,
-    ) -> tuple[str, str]:
-        """The command's output, read within ``limits``, once it has exited."""
-        try:
-            output = await collect_output(
-                process.stdout, process.stderr, limits, entry.output_budget
-            )
-            await process.wait_closed()
-        except errors.OutputTooLarge as exc:
-            log.warning(
-                "SSH command stopped, output over %s (%d bytes): system=%s user=%s program=%.64s",
-                exc.setting,
-                exc.limit,
-                entry.system.name,
-                entry.username,
-                command.split(" ", 1)[0],  # never the arguments: they may carry secrets
-            )
-            raise
-        except (*_LOST, asyncssh.Error):
-            raise _unreachable(
-                entry.system, "the connection was lost while the command ran"
-            ) from None
-        return output
-
-    @staticmethod
-    def _exit_status(entry: _Connection, process: asyncssh.SSHClientProcess[bytes]) -> int:
-        if process.exit_status is not None and process.exit_status >= 0:
-            return process.exit_status
-        if process.exit_signal is not None:
-            name = process.exit_signal[0]
-            number = getattr(signal.Signals, f"SIG{name}", None)
-            return 128 + (number.value if number is not None else 127)
-        raise _unreachable(entry.system, "the connection was lost while the command ran")
-
-    async def _abandon(
-        self, entry: _Connection, opening: asyncio.Future[asyncssh.SSHClientProcess[bytes]]
-    ) -> None:
-        """Stop a command that overran, printed too much or whose caller went away, then
-        free its channel.
-
-        sshd delivers signals to the command's process group (killpg). SIGTERM first:
-        srun forwards it to its job step, which SIGKILL would leave running for a while;
-        what the command still prints meanwhile is read and dropped, so its exit can be
-        seen. SIGKILL after ``_TERM_GRACE_SECONDS`` for a command that ignores SIGTERM.
-        """
-        try:
-            with suppress(Exception):
-                process = await opening
-                with suppress(Exception):
-                    process.send_signal("TERM")
-                with suppress(Exception):
-                    await _drain(process, _TERM_GRACE_SECONDS)
-                with suppress(Exception):
-                    process.send_signal("KILL")
-                process.close()
-                await asyncio.wait_for(process.wait_closed(), _CLOSE_GRACE_SECONDS)
-        finally:
-            entry.release_channel()
-
-
-def _never_opened(exc: BaseException) -> bool:
-    """Whether ``create_process`` failed before its channel opened, so the command cannot
-    have run and may be retried: asyncssh fails the open itself with OPEN_CONNECT_FAILED
-    when the connection goes; a loss reported otherwise came while the exec request was
-    answered, and sshd may have started the command already."""
-    return isinstance(exc, asyncssh.ChannelOpenError) and exc.code == OPEN_CONNECT_FAILED
-
-
-async def _drain(process: asyncssh.SSHClientProcess[bytes], seconds: float) -> None:
-    """Read and drop the rest of a stopped command's output and wait for its exit."""
-
-    async def drop(stream: asyncssh.SSHReader[bytes]) -> None:
-        while await stream.read(CHUNK):
-            pass
-
-    tasks = [
-        asyncio.ensure_future(drop(process.stdout)),
-        asyncio.ensure_future(drop(process.stderr)),
-    ]
-    try:
-        async with asyncio.timeout(seconds):
-            await asyncio.gather(*tasks)
-            await process.wait_closed()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _PooledRunner:

@@ -288,10 +288,6 @@ class IdempotentSubmitter:
             if removed:
                 log.info("forgot %d expired idempotency keys", removed)
 
-    def faulty(self, scope: KeyScope) -> bool:
-        """Whether the test-only fault delays apply to this key."""
-        return scope.key.startswith(self.settings.fault_key_prefix)
-
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
             self._metrics.submissions.labels(outcome).inc()
@@ -349,8 +345,6 @@ class IdempotentSubmitter:
                 await self.store.release(scope)
             self._count("failed")
             raise
-        if self.settings.fault_delay_before_record and self.faulty(scope):
-            await asyncio.sleep(self.settings.fault_delay_before_record)
         await self.store.complete(scope, job_id)
         self._count("submitted")
         return job_id, False

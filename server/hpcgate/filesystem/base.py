@@ -12,11 +12,13 @@ failed: exists already, not a directory, ...), ``RequestTimeout``,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from hpcgate.config import FilesystemLimits
+from hpcgate.filesystem.identity import FileIdentity
 from hpcgate.filesystem.models import CompressionType, File, FileChecksum, FileContent, FileStat
 from hpcgate.filesystem.paths import PathPolicy
+from hpcgate.filesystem.staging import Staged
 
 
 class ReadStream(ABC):
@@ -101,9 +103,25 @@ class Filesystem(ABC):
 
     @abstractmethod
     async def open_read(
-        self, path: str, *, offset: int = 0, length: int | None = None
+        self,
+        path: str,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        bound: FileIdentity | None = None,
     ) -> ReadStream:
-        """Open a regular file for a streamed read of ``length`` bytes (to the end)."""
+        """Open a regular file for a streamed read of ``length`` bytes (to the end).
+
+        ``bound``: only the file ``identify`` saw (409 for another one at ``path``).
+        """
+
+    @abstractmethod
+    async def identify(self, path: str) -> FileIdentity:
+        """The regular file at ``path`` as an opened handle sees it, to bind a URL to."""
+
+    @abstractmethod
+    async def home(self) -> str:
+        """The user's home directory, as the cluster resolves it."""
 
     @abstractmethod
     async def checksum(self, path: str) -> FileChecksum: ...
@@ -132,6 +150,39 @@ class Filesystem(ABC):
         unless ``keep_partial`` (resumable uploads continue from what was written).
         ``max_size`` (default: the direct-transfer cap) bounds the bytes written.
         """
+
+    @abstractmethod
+    async def check_writable(self, path: str, *, follow_final: bool, what: str = "path") -> str:
+        """The policy-checked path, after the write guard (no symlink escapes)."""
+
+    @abstractmethod
+    async def stage(self, path: str, size: int) -> tuple[str, Staged]:
+        """A new private staged file of ``size`` bytes for ``path`` (checked first), to
+        be written in parts and put in place later: (the checked path, the file)."""
+
+    @abstractmethod
+    async def write_staged(
+        self,
+        staged: Staged,
+        chunks: AsyncIterable[bytes],
+        *,
+        offset: int,
+        max_size: int,
+        on_written: Callable[[bytes, int], Awaitable[None]] | None = None,
+    ) -> int:
+        """Write ``chunks`` at ``offset`` into a staged file (409 if it was swapped)."""
+
+    @abstractmethod
+    async def commit_staged(self, staged: Staged, target: str) -> None:
+        """Rename a staged file over ``target`` once it checks out (409 if swapped)."""
+
+    @abstractmethod
+    async def discard_staged(self, staged: Staged) -> None:
+        """Remove a staged file and its directory."""
+
+    @abstractmethod
+    async def publish(self, path: str, data: bytes) -> None:
+        """Put a small file in place whole (written aside, renamed over ``path``)."""
 
     @abstractmethod
     async def mkdir(self, path: str, *, parents: bool = False) -> File: ...

@@ -62,8 +62,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from email.utils import formatdate
 
 from hpcgate.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout
-from hpcgate.filesystem import staging
-from hpcgate.filesystem.sftp import _errors as sftp_errors
 from hpcgate.transfer.service import TransferService, UserSide
 from hpcgate.transfer.store import ResumableUpload, new_id
 
@@ -73,7 +71,6 @@ OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 MAX_METADATA = 8 * 1024
 _LOCK_WAIT_SECONDS = 30.0
 _SETTLE_SECONDS = 2.0
-_BLOCK = 1024 * 1024
 _KEY = re.compile(r"[^\s,]{1,128}")
 
 
@@ -189,11 +186,14 @@ async def create(
 
 @contextlib.contextmanager
 def _tus_answer() -> Iterator[None]:
-    """A refusal from the staging (409: the staged file was swapped) as a tus answer."""
+    """A refusal from the staging (409: the staged file was swapped) or a timeout of
+    the cluster (408) as a tus answer."""
     try:
         yield
     except Conflict as exc:
         raise Conflict(exc.message, headers=tus_headers()) from None
+    except RequestTimeout as exc:
+        raise RequestTimeout(exc.message, headers=tus_headers()) from None
 
 
 @contextlib.asynccontextmanager
@@ -260,71 +260,41 @@ async def _write(
     body: AsyncIterable[bytes],
     disconnect: type[BaseException],
 ) -> None:
-    """Append ``body`` at the committed offset: one block in flight, committed in order."""
-    timeout = side.system.ssh.command_timeout
-    pending: asyncio.Task[None] | None = None
-    pieces: list[bytes] = []
-    buffered = 0
+    """Append ``body`` at the committed offset: one block in flight, committed in order.
+
+    The filesystem writes the staged file (reopened and checked first) and reports
+    each acknowledged block, which is hashed and committed then; bytes that arrived
+    before the client went away are written too.
+    """
+    staged = upload.staged
+    assert staged is not None, "an open upload has its staged file"
     room = upload.size - upload.offset
     overflow = False
 
-    staged = upload.staged
-    assert staged is not None, "an open upload has its staged file"
-    async with side.sftp() as sftp:
+    async def received() -> AsyncIterator[bytes]:
+        nonlocal room, overflow
         try:
-            async with asyncio.timeout(timeout):
-                with _tus_answer():
-                    handle = await staging.reopen(sftp, staged)
-        except TimeoutError:
-            raise RequestTimeout(
-                "Opening the file on the cluster timed out", headers=tus_headers()
-            ) from None
+            async for chunk in body:
+                if len(chunk) > room:
+                    overflow = True
+                    return
+                room -= len(chunk)
+                yield chunk
+        except disconnect:
+            pass  # keep what arrived before the client went away
 
-        async def commit(data: bytes, position: int) -> None:
-            async with asyncio.timeout(timeout):
-                with sftp_errors(staged.directory):
-                    await handle.write(data, position)
-            await asyncio.to_thread(upload.hasher.update, data)
-            upload.offset = position + len(data)
+    async def committed(data: bytes, position: int) -> None:
+        await asyncio.to_thread(upload.hasher.update, data)
+        upload.offset = position + len(data)
 
-        async def flush() -> None:
-            nonlocal pending, buffered
-            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-            pieces.clear()
-            buffered = 0
-            if pending is not None:
-                await pending
-            pending = asyncio.ensure_future(commit(data, upload.offset))
-
-        try:
-            try:
-                async for chunk in body:
-                    if len(chunk) > room:
-                        overflow = True
-                        break
-                    room -= len(chunk)
-                    pieces.append(chunk)
-                    buffered += len(chunk)
-                    if buffered >= _BLOCK:
-                        await flush()
-            except disconnect:
-                pass  # keep what arrived before the client went away
-            if pieces:
-                await flush()
-            if pending is not None:
-                await pending
-                pending = None
-        except TimeoutError:
-            raise RequestTimeout(
-                "Writing to the cluster timed out", headers=tus_headers()
-            ) from None
-        finally:
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
-            with contextlib.suppress(Exception):
-                await handle.close()
+    with _tus_answer():
+        await side.fs.write_staged(
+            staged,
+            received(),
+            offset=upload.offset,
+            max_size=upload.size - upload.offset,
+            on_written=committed,
+        )
     if overflow:
         raise BadRequest(
             f"The body goes past Upload-Length ({upload.size} bytes); the bytes before "

@@ -1,9 +1,10 @@
 """The transfer service: transfer jobs, the store of unfinished transfers, the URL signer.
 
-One ``TransferService`` per application (``app.state.transfers``), started and closed
-with it. Per request, ``TransferService.user(system, username)`` gives a ``UserSide``:
-the caller's filesystem (``SftpFilesystem``, so the path policy and the SFTP code are
-the filesystem package's own), the caller's runner and the system's scheduler.
+One ``TransferService`` per application, owned by ``hpcgate.services.Services``
+(``Services.transfers``), started and closed with it. Per request,
+``TransferService.user(system, username)`` gives a ``UserSide``: the caller's
+``Filesystem`` (the interface: the path policy, the write guard and the staged files
+are the filesystem package's own), the caller's runner and the system's scheduler.
 
 Transfer jobs run as the user on the system's ``scheduler.transfer_partition``, in
 ``transfer.job_directory`` (default ``<home>/.hpcgate/transfers``), which also holds
@@ -16,26 +17,20 @@ import asyncio
 import contextlib
 import logging
 import math
-import posixpath
-import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-import asyncssh
-
 from hpcgate.cluster.remote import CommandRunner
+from hpcgate.compute.scheduler.base import Scheduler
 from hpcgate.compute.scheduler.models import JobDescription
-from hpcgate.config import Settings, SystemSettings, TransferSettings
-from hpcgate.errors import BadRequest, Forbidden
+from hpcgate.config import FilesystemLimits, Settings, SystemSettings, TransferSettings
+from hpcgate.errors import Forbidden, NotFound
 from hpcgate.filesystem import staging
-from hpcgate.filesystem.entries import is_dir
+from hpcgate.filesystem.base import Filesystem
 from hpcgate.filesystem.identity import FileIdentity
-from hpcgate.filesystem.paths import WriteGuard, join, parent, shown, validate_filename
-from hpcgate.filesystem.sftp import SftpFilesystem
-from hpcgate.filesystem.sftp import _errors as sftp_errors
+from hpcgate.filesystem.paths import join
 from hpcgate.filesystem.staging import Staged
-from hpcgate.services import Services
 from hpcgate.transfer.models import TransferJob, TransferJobLogs
 from hpcgate.transfer.signing import UrlSigner
 from hpcgate.transfer.store import (
@@ -54,22 +49,36 @@ _UNLIMITED = 2**62
 _SWEEP_SECONDS = 30.0
 
 
+#: (system, username, limits) -> that user's filesystem on the system
+FilesystemFactory = Callable[[str, str, FilesystemLimits], Filesystem]
+#: (system, username) -> runs commands on the system as the user
+RunnerFactory = Callable[[str, str], CommandRunner]
+
+
 class TransferService:
     """Long-lived transfer state of one application."""
 
     def __init__(
-        self, settings: Settings, services: Services, *, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        *,
+        filesystem: FilesystemFactory,
+        runner: RunnerFactory,
+        schedulers: Mapping[str, Scheduler],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config: TransferSettings = settings.transfer
-        self.services = services
+        self._filesystem = filesystem
+        self._runner = runner
+        self.schedulers = schedulers
         key = self.config.signing_key
         if key is None:
             log.info("transfer URLs are signed with a key generated at start (none configured)")
         self.signer = UrlSigner(key.get_secret_value().encode() if key else None, clock=clock)
         self.store = TransferStore(max_per_user=self.config.max_active_per_user, clock=clock)
         self.clock = clock
-        self._systems = {system.name: _unlimited(system) for system in settings.systems}
-        self._guards: dict[str, WriteGuard] = {}
+        self._systems = {system.name: system for system in settings.systems}
+        self._limits = {system.name: _unlimited(system) for system in settings.systems}
         self.job_dirs: dict[tuple[str, str], str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -99,12 +108,6 @@ class TransferService:
     def side_of(self, transfer: Transfer) -> UserSide:
         return self.user(transfer.system, transfer.user)
 
-    def guard(self, side: UserSide) -> WriteGuard:
-        found = self._guards.get(side.system.name)
-        if found is None:
-            found = self._guards[side.system.name] = WriteGuard(side.fs.policy)
-        return found
-
     # -- expiry -----------------------------------------------------------------
 
     async def _sweep_forever(self) -> None:
@@ -124,10 +127,10 @@ class TransferService:
                 self.spawn(side.abandon(transfer.staged, None, "expired"))
 
 
-def _unlimited(system: SystemSettings) -> SystemSettings:
-    """The system with no direct-transfer cap: transfers stream files of any size."""
-    limits = system.filesystem_limits.model_copy(update={"max_ops_file_size": _UNLIMITED})
-    return system.model_copy(update={"filesystem_limits": limits})
+def _unlimited(system: SystemSettings) -> FilesystemLimits:
+    """The system's limits without the direct-transfer cap: transfers stream files of
+    any size."""
+    return system.filesystem_limits.model_copy(update={"max_ops_file_size": _UNLIMITED})
 
 
 class UserSide:
@@ -137,18 +140,14 @@ class UserSide:
         self.service = service
         self.system = system
         self.username = username
-        pool = service.services.pool
-        self.runner: CommandRunner = pool.runner(system.name, username)
-        self.fs = SftpFilesystem(pool, system, username, self.runner)
+        self.runner: CommandRunner = service._runner(system.name, username)
+        self.fs: Filesystem = service._filesystem(
+            system.name, username, service._limits[system.name]
+        )
 
     @property
     def config(self) -> TransferSettings:
         return self.service.config
-
-    @contextlib.asynccontextmanager
-    async def sftp(self) -> AsyncIterator[asyncssh.SFTPClient]:
-        async with self.service.services.pool.sftp(self.system.name, self.username) as client:
-            yield client
 
     # -- the job directory --------------------------------------------------------
 
@@ -158,9 +157,7 @@ class UserSide:
         found = self.service.job_dirs.get(key)
         if found is not None:
             return found
-        async with self.sftp() as sftp:
-            with sftp_errors("~"):
-                home = await sftp.realpath(".")
+        home = await self.fs.home()
         raw = self.config.job_directory.format(home=home, username=self.username)
         try:
             directory = self.fs.policy.check(raw, what="transfer job directory")
@@ -168,13 +165,11 @@ class UserSide:
             raise Forbidden(
                 f"{exc.message}; configure transfer.job_directory inside a filesystem"
             ) from None
-        async with self.sftp() as sftp:
-            try:
-                await sftp.stat(directory)
-            except asyncssh.SFTPNoSuchFile:
-                await self.fs.mkdir(directory, parents=True)
-                with sftp_errors(directory):
-                    await sftp.chmod(directory, 0o700)  # logs and markers are the user's
+        try:
+            await self.fs.stat(directory, dereference=True)
+        except NotFound:
+            await self.fs.mkdir(directory, parents=True)
+            await self.fs.chmod(directory, "700")  # logs and markers are the user's
         self.service.job_dirs[key] = directory
         return directory
 
@@ -202,7 +197,7 @@ class UserSide:
             standard_error=_slurm_literal(error),
             time_limit=str(minutes),
         )
-        scheduler = self.service.services.schedulers[self.system.name]
+        scheduler = self.service.schedulers[self.system.name]
         job_id = await scheduler.submit(self.runner, description)
         log.info(
             "transfer job submitted",
@@ -220,48 +215,24 @@ class UserSide:
     async def existing(self, raw: str, what: str = "source path") -> str:
         """The policy-checked path, after checking it exists (404 otherwise)."""
         path = self.fs.policy.check(raw, what=what)
-        async with self.sftp() as sftp:
-            with sftp_errors(path):
-                await sftp.lstat(path)
+        await self.fs.stat(path)
         return path
 
     async def writable(self, raw: str, what: str = "target path", *, follow: bool) -> str:
         """The policy-checked path, after the write guard (no symlink escapes)."""
-        path = self.fs.policy.check(raw, what=what)
-        async with self.sftp() as sftp:
-            with sftp_errors(path):
-                await self.service.guard(self).check(sftp, path, follow_final=follow)
-        return path
+        return await self.fs.check_writable(raw, follow_final=follow, what=what)
 
     # -- uploads: staged files and completion markers ----------------------------------
 
     async def prepare_upload(self, raw: str, size: int) -> tuple[str, Staged]:
         """(target, staged file) for a new upload of ``size`` bytes: checks, then the
         private staging directory and file beside the target (``filesystem.staging``)."""
-        target = self.fs.policy.check(raw)
-        directory, name = parent(target), posixpath.basename(target)
-        validate_filename(name)
-        guard = self.service.guard(self)
-        async with self.sftp() as sftp:
-            with sftp_errors(target):
-                await guard.check(sftp, target, follow_final=False)
-            with sftp_errors(directory):
-                if not is_dir(await sftp.stat(directory)):
-                    raise BadRequest(f"Not a directory: {shown(directory)}")
-            await staging.check_replaceable(sftp, target)
-            staged, handle = await staging.create(sftp, target, size=size)
-            with sftp_errors(directory):
-                await handle.close()
-        return target, staged
+        return await self.fs.stage(raw, size)
 
     async def put_in_place(self, staged: Staged, target: str) -> None:
         """Rename the staged file over ``target`` once it checks out (409 if it was
         swapped), keeping an existing regular target's mode."""
-        guard = self.service.guard(self)
-        async with self.sftp() as sftp:
-            with sftp_errors(target):
-                await guard.check(sftp, target, follow_final=False)
-            await staging.commit(sftp, staged, target)
+        await self.fs.commit_staged(staged, target)
 
     async def write_marker(self, marker: str, outcome: str) -> None:
         """Tell the upload's job how it ended (written aside, renamed: never half-read).
@@ -269,27 +240,20 @@ class UserSide:
         The aside file is a new one (``O_EXCL``, a random name): nothing existing is
         opened for writing, even if the job directory is not private after all.
         """
-        aside = f"{marker}.{secrets.token_hex(8)}.new"
-        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL
-        async with self.sftp() as sftp:
-            with sftp_errors(marker):
-                async with sftp.open(aside, flags, encoding=None) as handle:
-                    await handle.write(outcome.encode()[:1000])
-                await sftp.posix_rename(aside, marker)
+        await self.fs.publish(marker, outcome.encode()[:1000])
 
     async def abandon(self, staged: Staged | None, marker: str | None, reason: str) -> None:
         """Best effort: remove an unfinished upload's staging, end its job's wait."""
         if staged is not None:
             with contextlib.suppress(Exception):
-                async with self.sftp() as sftp:
-                    await staging.discard(sftp, staged)
+                await self.fs.discard_staged(staged)
         if marker:
             with contextlib.suppress(Exception):
                 await self.write_marker(marker, f"failed: {reason}")
 
     async def regular_file(self, raw: str) -> tuple[str, FileIdentity]:
         """A readable regular file to download: its path and identity (see
-        ``SftpFilesystem.identify``), which the download URL is bound to."""
+        ``Filesystem.identify``), which the download URL is bound to."""
         path = self.fs.policy.check(raw, what="source path")
         return path, await self.fs.identify(path)
 

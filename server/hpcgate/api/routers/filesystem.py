@@ -10,33 +10,23 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import AliasChoices, BeforeValidator, Field
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from hpcgate.api.dependencies import SystemDep
+from hpcgate.api.dependencies import FilesystemDep
 from hpcgate.api.routers.params import QueryBool, QueryInt
 from hpcgate.errors import PayloadTooLarge
-from hpcgate.filesystem.base import Filesystem, ReadStream
+from hpcgate.filesystem.base import ReadStream
 from hpcgate.filesystem.models import CompressionType, File, FileChecksum, FileContent, FileStat
 from hpcgate.filesystem.multipart import MultipartFile, boundary_of
 from hpcgate.filesystem.paths import join, validate_filename
-from hpcgate.filesystem.sftp import SftpFilesystem
 from hpcgate.wire import WireModel
 
 router = APIRouter(prefix="/filesystem/{system_name}/ops", tags=["filesystem"])
 
 _MULTIPART_OVERHEAD = 64 * 1024
-
-
-def get_filesystem(ctx: SystemDep) -> Filesystem:
-    """The caller's filesystem on the system (503 while the filesystems are unhealthy)."""
-    ctx.ensure_healthy("filesystem")
-    return SftpFilesystem(ctx.services.pool, ctx.system, ctx.username, ctx.runner)
-
-
-FilesystemDep = Annotated[Filesystem, Depends(get_filesystem)]
 
 
 # -- query parameters: pyfirecrest sends unset values as empty strings -------------

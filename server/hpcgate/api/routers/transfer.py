@@ -14,14 +14,12 @@ Thin routes over ``hpcgate.transfer`` (see its modules for the protocols):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from starlette.requests import ClientDisconnect
 
-from hpcgate.api.dependencies import SystemDep
+from hpcgate.api.dependencies import SystemDep, TransfersDep, get_services
 from hpcgate.api.routers.filesystem import _ReadStreamResponse
 from hpcgate.compute.scheduler.models import SlurmName
 from hpcgate.errors import BadRequest, NotFound
@@ -42,26 +40,7 @@ from hpcgate.transfer.service import TransferService, UserSide
 from hpcgate.transfer.store import Download, MultipartUpload, ResumableUpload, Transfer
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The transfer service lives as long as the application (after its services)."""
-    service = TransferService(app.state.settings, app.state.services)
-    app.state.transfers = service
-    await service.start()
-    try:
-        yield
-    finally:
-        await service.close()
-
-
-def get_service(request: Request) -> TransferService:
-    return request.app.state.transfers
-
-
-ServiceDep = Annotated[TransferService, Depends(get_service)]
-
-
-def get_side(ctx: SystemDep, service: ServiceDep) -> UserSide:
+def get_side(ctx: SystemDep, service: TransfersDep) -> UserSide:
     """The caller's transfer view of the system (503 while its filesystems are unhealthy)."""
     ctx.ensure_healthy("filesystem")
     return service.user(ctx.name, ctx.username)
@@ -116,7 +95,7 @@ async def extract(side: SideDep, body: ExtractRequest) -> TransferJobResponse:
 
 @jobs.post("/upload", status_code=status.HTTP_201_CREATED, response_model=TransferResponse)
 async def upload(
-    side: SideDep, service: ServiceDep, request: Request, body: UploadRequest
+    side: SideDep, service: TransfersDep, request: Request, body: UploadRequest
 ) -> TransferResponse:
     """Start a multipart upload: signed part URLs, a complete URL and the waiting job."""
     return await multipart.start_upload(side, body, base_url(service, request))
@@ -124,7 +103,7 @@ async def upload(
 
 @jobs.post("/download", status_code=status.HTTP_201_CREATED, response_model=TransferResponse)
 async def download(
-    side: SideDep, service: ServiceDep, request: Request, body: DownloadRequest
+    side: SideDep, service: TransfersDep, request: Request, body: DownloadRequest
 ) -> TransferResponse:
     """Start a download: a job that checks the file, and a signed download URL."""
     return await multipart.start_download(side, body, base_url(service, request))
@@ -163,7 +142,7 @@ def _verified(
     )
     request.state.user = transfer.user
     request.state.system = transfer.system
-    service.services.health.ensure_healthy(transfer.system, "filesystem")
+    get_services(request).health.ensure_healthy(transfer.system, "filesystem")
     return transfer
 
 
@@ -174,7 +153,7 @@ def _length(request: Request) -> int | None:
 
 @signed.put(multipart.PART_PATH, responses={200: {"headers": {"ETag": {"type": "string"}}}})
 async def put_part(
-    service: ServiceDep,
+    service: TransfersDep,
     request: Request,
     transfer_id: TransferId,
     part_number: Annotated[int, Path(ge=1, le=100_000)],
@@ -195,7 +174,7 @@ async def put_part(
 
 @signed.post(multipart.COMPLETE_PATH, response_class=Response)
 async def complete_upload(
-    service: ServiceDep, request: Request, transfer_id: TransferId
+    service: TransfersDep, request: Request, transfer_id: TransferId
 ) -> Response:
     """Complete the upload with S3's CompleteMultipartUpload XML (parts and ETags)."""
     upload = _verified(
@@ -212,7 +191,7 @@ async def complete_upload(
 
 @signed.get(multipart.DOWNLOAD_PATH, response_class=Response)
 async def get_download(
-    service: ServiceDep,
+    service: TransfersDep,
     request: Request,
     transfer_id: TransferId,
     range_header: Annotated[str | None, Header(alias="range")] = None,
@@ -232,7 +211,9 @@ async def get_download(
 
 
 @signed.head(multipart.DOWNLOAD_PATH, response_class=Response)
-async def head_download(service: ServiceDep, request: Request, transfer_id: TransferId) -> Response:
+async def head_download(
+    service: TransfersDep, request: Request, transfer_id: TransferId
+) -> Response:
     """The file's size (the GET URL's signature is good for HEAD too)."""
     transfer = _verified(service, request, transfer_id, Download, "GET", multipart.DOWNLOAD_PATH)
     size = await multipart.download_size(service, transfer)
@@ -279,7 +260,7 @@ async def tus_options(side: SideDep) -> Response:
 @uploads.post("", status_code=status.HTTP_201_CREATED, response_class=Response)
 async def tus_create(
     side: SideDep,
-    service: ServiceDep,
+    service: TransfersDep,
     request: Request,
     tus: TusHeader = None,
     upload_length: Annotated[str | None, Header(alias="upload-length")] = None,
@@ -343,7 +324,7 @@ async def tus_delete(side: SideDep, upload_id: UploadId, tus: TusHeader = None) 
     return Response(status_code=status.HTTP_204_NO_CONTENT, headers=tus_headers())
 
 
-router = APIRouter(lifespan=lifespan)
+router = APIRouter()
 router.include_router(jobs)
 router.include_router(signed)
 router.include_router(uploads)

@@ -1,0 +1,232 @@
+"""Writing files: every write goes through a private staged file renamed into place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import posixpath
+import secrets
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any
+
+import asyncssh
+
+from hpcgate.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+)
+from hpcgate.filesystem import staging
+from hpcgate.filesystem.entries import (
+    is_dir,
+)
+from hpcgate.filesystem.paths import parent, shown, validate_filename
+from hpcgate.filesystem.sftp.errors import sftp_errors
+from hpcgate.filesystem.sftp.session import SftpSession
+
+#: called with each block written and its offset, once the cluster acknowledged it
+Written = Callable[[bytes, int], Awaitable[None]]
+
+
+class WritingOps(SftpSession):
+    """write_stream, and the staged files of transfers: stage, write_staged,
+    commit_staged, discard_staged; publish for small files put in place whole."""
+
+    async def write_stream(
+        self,
+        path: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        offset: int = 0,
+        truncate: bool = True,
+        max_size: int | None = None,
+        keep_partial: bool = False,
+    ) -> int:
+        """Replace ``path`` with ``chunks``; never opens an existing file for writing.
+
+        The bytes go into a new private file beside ``path`` (``staging``), renamed
+        over it at the end, so a symlink swapped in by another user of the directory
+        is replaced, never written through, and a failed upload leaves the target as
+        it was. Hence only whole-file writes (``offset`` 0, ``truncate``);
+        ``keep_partial`` has nothing to keep (transfers write parts with
+        ``write_staged``).
+        """
+        path = self._check(path)
+        if offset != 0 or not truncate:
+            raise BadRequest("Only whole files are written: an upload replaces the file")
+        limit = self.limits.max_ops_file_size if max_size is None else max_size
+        async with self._pool.sftp(self._system.name, self._username) as sftp:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    staged, handle = await self._open_for_write(sftp, path)
+            except TimeoutError:
+                raise RequestTimeout("Opening the file on the cluster timed out") from None
+            try:
+                written = await self._write_chunks(handle, chunks, path, 0, limit)
+                async with asyncio.timeout(self._timeout):
+                    await self._guard_write(sftp, path, follow_final=False)
+                    await staging.commit(sftp, staged, path, handle=handle)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await handle.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(staging.discard(sftp, staged))
+                if isinstance(exc, TimeoutError):
+                    raise RequestTimeout("Writing to the cluster timed out") from None
+                raise
+        return written
+
+    async def _open_for_write(
+        self, sftp: asyncssh.SFTPClient, path: str
+    ) -> tuple[staging.Staged, asyncssh.SFTPClientFile]:
+        """A staged file for ``path`` (whose parents the write guard checked)."""
+        await self._guard_write(sftp, path, follow_final=False)
+        await staging.check_replaceable(sftp, path)
+        return await staging.create(sftp, path)
+
+    async def write_staged(
+        self,
+        staged: staging.Staged,
+        chunks: AsyncIterable[bytes],
+        *,
+        offset: int,
+        max_size: int,
+        on_written: Written | None = None,
+    ) -> int:
+        """Write ``chunks`` at ``offset`` into a transfer's staged file (a part).
+
+        The file is reopened by its secret path without ``O_CREAT`` and checked
+        before anything is written (409 if it was swapped). ``on_written(data,
+        offset)`` runs as each block is acknowledged, in order.
+        """
+        shown_path = staged.directory
+        async with self._pool.sftp(self._system.name, self._username) as sftp:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    handle = await staging.reopen(sftp, staged)
+            except TimeoutError:
+                raise RequestTimeout("Opening the file on the cluster timed out") from None
+            try:
+                written = await self._write_chunks(
+                    handle, chunks, shown_path, offset, max_size, on_written
+                )
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await handle.close()
+                raise
+            with sftp_errors(shown_path):
+                await handle.close()
+        return written
+
+    async def _write_chunks(
+        self,
+        handle: asyncssh.SFTPClientFile,
+        chunks: AsyncIterable[bytes],
+        path: str,
+        offset: int,
+        limit: int,
+        on_written: Written | None = None,
+    ) -> int:
+        """Write in ``chunk_size`` blocks, one block in flight while the next arrives."""
+        block = self.limits.chunk_size
+        pieces: list[bytes] = []
+        buffered = 0
+        position = offset
+        total = 0
+        pending: asyncio.Task[Any] | None = None
+
+        async def flush() -> None:
+            nonlocal pending, position, buffered
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            pieces.clear()
+            buffered = 0
+            if pending is not None:
+                await self._await_write(pending, path)
+            pending = asyncio.ensure_future(_write_at(handle, data, position, on_written))
+            position += len(data)
+
+        try:
+            async for chunk in chunks:
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(
+                        f"The upload exceeds the direct upload limit of {limit} bytes; "
+                        "use transfer/upload"
+                    )
+                pieces.append(chunk)
+                buffered += len(chunk)
+                if buffered >= block:
+                    await flush()
+            if pieces:
+                await flush()
+            if pending is not None:
+                await self._await_write(pending, path)
+                pending = None
+        finally:
+            if pending is not None:  # failed or abandoned: stop it and collect its outcome
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+        return total
+
+    async def _await_write(self, task: asyncio.Task[Any], path: str) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                with sftp_errors(path):
+                    await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()
+            raise RequestTimeout("Writing to the cluster timed out") from None
+
+    # -- staged files of transfers ---------------------------------------------------
+
+    async def check_writable(self, path: str, *, follow_final: bool, what: str = "path") -> str:
+        path = self._check(path, what)
+        async with self._session() as sftp:
+            await self._guard_write(sftp, path, follow_final=follow_final)
+        return path
+
+    async def stage(self, path: str, size: int) -> tuple[str, staging.Staged]:
+        """Checks, then the private staging directory and file beside ``path``."""
+        target = self._check(path)
+        directory, name = parent(target), posixpath.basename(target)
+        validate_filename(name)
+        async with self._pool.sftp(self._system.name, self._username) as sftp:
+            await self._guard_write(sftp, target, follow_final=False)
+            if not is_dir(await self._stat(sftp, directory)):
+                raise BadRequest(f"Not a directory: {shown(directory)}")
+            await staging.check_replaceable(sftp, target)
+            staged, handle = await staging.create(sftp, target, size=size)
+            with sftp_errors(directory):
+                await handle.close()
+        return target, staged
+
+    async def commit_staged(self, staged: staging.Staged, target: str) -> None:
+        target = self._check(target)
+        async with self._pool.sftp(self._system.name, self._username) as sftp:
+            await self._guard_write(sftp, target, follow_final=False)
+            await staging.commit(sftp, staged, target)
+
+    async def discard_staged(self, staged: staging.Staged) -> None:
+        async with self._pool.sftp(self._system.name, self._username) as sftp:
+            await staging.discard(sftp, staged)
+
+    async def publish(self, path: str, data: bytes) -> None:
+        """Written aside into a new file (``O_EXCL``, a random name), then renamed over
+        ``path``: never half-read, and nothing existing is opened for writing."""
+        path = self._check(path)
+        aside = f"{path}.{secrets.token_hex(8)}.new"
+        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL
+        async with self._pool.sftp(self._system.name, self._username) as sftp:
+            with sftp_errors(path):
+                async with sftp.open(aside, flags, encoding=None) as handle:
+                    await handle.write(data)
+                await sftp.posix_rename(aside, path)
+
+
+async def _write_at(
+    handle: asyncssh.SFTPClientFile, data: bytes, position: int, on_written: Written | None
+) -> None:
+    await handle.write(data, position)
+    if on_written is not None:
+        await on_written(data, position)

@@ -1,0 +1,131 @@
+"""hpcgate served with test-only faults, for the idempotency tests that kill it.
+
+The production server has no fault knobs; this launcher builds the same application
+(``Services.build`` + ``create_app``) with the keyed-submission path wrapped: for keys
+starting with ``FAULT_PREFIX`` it sleeps ``FAULT_DELAY`` seconds after sbatch, before
+the job id is recorded (``DelayedStore``: a kill -9 there leaves a pending key), and
+after recording, before answering (``DelayedSubmitter``: the client loses the answer).
+Run like ``hpcgate serve``::
+
+    python -m tests.faults serve --config hpcgate.yaml --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from hpcgate.compute.idempotency import (
+    IdempotencyRecord,
+    IdempotencyStore,
+    IdempotentSubmitter,
+    KeyQuota,
+    KeyScope,
+    Lookup,
+    Submit,
+)
+from hpcgate.compute.scheduler.models import JobSubmitRequest
+
+FAULT_PREFIX = "fault-"
+FAULT_DELAY = 2.0
+
+
+def faulty(scope: KeyScope) -> bool:
+    return scope.key.startswith(FAULT_PREFIX)
+
+
+class DelayedStore:
+    """An ``IdempotencyStore`` that stalls before recording the job of a new faulty key."""
+
+    def __init__(self, store: IdempotencyStore) -> None:
+        self.store = store
+        self._fresh: set[KeyScope] = set()
+
+    async def open(self) -> None:
+        await self.store.open()
+
+    async def claim(
+        self, scope: KeyScope, body_hash: str, now: float, quota: KeyQuota | None = None
+    ) -> IdempotencyRecord:
+        record = await self.store.claim(scope, body_hash, now, quota)
+        if record.new and faulty(scope):
+            self._fresh.add(scope)  # sbatch comes next: delay its record
+        return record
+
+    async def complete(self, scope: KeyScope, job_id: str) -> None:
+        if scope in self._fresh:
+            self._fresh.discard(scope)
+            await asyncio.sleep(FAULT_DELAY)
+        await self.store.complete(scope, job_id)
+
+    async def release(self, scope: KeyScope) -> None:
+        self._fresh.discard(scope)
+        await self.store.release(scope)
+
+    async def purge(self, older_than: float) -> int:
+        return await self.store.purge(older_than)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+class DelayedSubmitter(IdempotentSubmitter):
+    """Stalls after a faulty key's job was submitted and recorded, before answering."""
+
+    async def submit(
+        self, scope: KeyScope, body: JobSubmitRequest, submit: Submit, lookup: Lookup
+    ) -> tuple[str, bool]:
+        job_id, replayed = await super().submit(scope, body, submit, lookup)
+        if not replayed and faulty(scope):
+            await asyncio.sleep(FAULT_DELAY)
+        return job_id, replayed
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from hpcgate.api.app import create_app
+    from hpcgate.api.connection import protocol_class
+    from hpcgate.config import ConfigError, load_settings
+    from hpcgate.operations.logs import configure_logging
+    from hpcgate.services import Services
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"tests.faults: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    services = Services.build(settings)
+    assert services.submitter is not None
+    services.submitter = DelayedSubmitter(
+        DelayedStore(services.submitter.store), settings.idempotency, services.metrics
+    )
+    uvicorn.run(
+        create_app(settings, services=services),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        http=protocol_class(settings.http),
+        h11_max_incomplete_event_size=settings.http.max_header_bytes,
+        timeout_keep_alive=settings.http.keep_alive_timeout_seconds,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.faults")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the API with the faults")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    return _serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
