@@ -27,7 +27,8 @@ _bearer = HTTPBearer(auto_error=False, description="an OIDC access token (JWT)")
 
 
 def get_services(request: Request) -> Services:
-    return request.app.state.services
+    services: Services = request.app.state.services
+    return services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

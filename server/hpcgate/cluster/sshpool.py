@@ -32,6 +32,7 @@ is ``hpcgate.cluster.connection``, running one command on it ``hpcgate.cluster.c
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shlex
 import time
@@ -195,7 +196,7 @@ class SshPool:
             if task is None:
                 task = asyncio.create_task(self._connect(system, username))
                 self._connecting[key] = task
-                task.add_done_callback(lambda done, key=key: self._connect_done(key, done))
+                task.add_done_callback(functools.partial(self._connect_done, key))
             await asyncio.shield(task)
             fresh = True
 

@@ -172,7 +172,7 @@ class RedisIdempotencyStore:
     ) -> IdempotencyRecord:
         keys = [*self._keys(scope), self._index(scope)]
         owner = uuid.uuid4().hex
-        args = [body_hash, repr(now), self._ttl_ms, owner, self._lease_ms]
+        args: list[str | int | float] = [body_hash, repr(now), self._ttl_ms, owner, self._lease_ms]
         args += [scope.system, scope.username, scope.key, quota.max_keys if quota else 0]
         pause = _POLL_FIRST
         while True:

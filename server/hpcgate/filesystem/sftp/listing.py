@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
+from typing import cast
 
 import asyncssh
 
@@ -196,7 +197,8 @@ class ListingOps(SftpSession):
         """The rows of one directory, sorted; 400 once more than ``room`` are read."""
         rows: list[Row] = []
         with sftp_errors(_shown_raw(directory)):
-            async with contextlib.aclosing(sftp.scandir(directory)) as entries:
+            scan = cast(AsyncGenerator[asyncssh.SFTPName, None], sftp.scandir(directory))
+            async with contextlib.aclosing(scan) as entries:
                 async for entry in entries:
                     raw = entry.filename
                     assert isinstance(raw, bytes)

@@ -56,7 +56,7 @@ class ReadingOps(SftpSession):
     def _reader(handle: asyncssh.SFTPClientFile) -> content.Reader:
         async def read(offset: int, length: int) -> bytes:
             try:
-                data = await handle.read(length, offset)
+                data: object = await handle.read(length, offset)
             except asyncssh.SFTPEOFError:
                 return b""
             assert isinstance(data, bytes)

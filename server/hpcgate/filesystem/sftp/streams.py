@@ -41,7 +41,7 @@ class SftpReadStream(ReadStream):
     async def _read(self, offset: int, size: int) -> bytes:
         async with asyncio.timeout(self._timeout):
             try:
-                data = await self._handle.read(size, offset)
+                data: object = await self._handle.read(size, offset)
             except asyncssh.SFTPEOFError:
                 return b""
         assert isinstance(data, bytes)
