@@ -1,4 +1,10 @@
-"""Credentials for the API: a static bearer token, or OAuth2 client credentials with a token cache.
+"""Credentials for the API and the ``httpx.Auth`` flow that applies them.
+
+A static bearer token, or OAuth2 client credentials. :class:`HpcAuth` is the one place
+that authenticates a request, for the sync client, the async client and the job-event
+stream alike: it adds the bearer token, fetches an OAuth2 token when none is cached (as a
+request of the same client, so through the same retry layer), and after a 401 replaces
+the token once and resends.
 
 Tokens are cached per process and per (token URL, client, scope, audience, secret digest),
 so that many tasks or triggers in one process share one token, and are refreshed shortly
@@ -9,15 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 import time
 import weakref
+from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from airflow_provider_hpc.exceptions import HpcAuthError
+
+log = logging.getLogger(__name__)
 
 #: Refresh this long before expiry (capped at a tenth of the token's lifetime).
 REFRESH_MARGIN_SECONDS = 60.0
@@ -78,8 +88,8 @@ def parse_token_response(response: httpx.Response, now: float | None = None) -> 
     if not response.is_success:
         detail = ""
         try:
-            body = response.json()
-            detail = f": {body.get('error', '')} {body.get('error_description', '')}".rstrip()
+            error: Any = response.json()
+            detail = f": {error.get('error', '')} {error.get('error_description', '')}".rstrip()
         except (ValueError, AttributeError):
             pass
         raise HpcAuthError(f"token endpoint answered {response.status_code}{detail}")
@@ -131,3 +141,121 @@ class TokenCache:
 
 
 TOKEN_CACHE = TokenCache()
+
+
+def credentials_identity(credentials: Credentials | None) -> str:
+    """A digest naming whose requests these are (never the secret itself)."""
+    if isinstance(credentials, StaticToken):
+        return hashlib.sha256(credentials.token.encode()).hexdigest()
+    if isinstance(credentials, ClientCredentials):
+        return credentials.cache_key
+    return "anonymous"
+
+
+class HpcAuth(httpx.Auth):
+    """Bearer authentication from :data:`Credentials`, as one sync and one async flow.
+
+    OAuth2: the token comes from :data:`TOKEN_CACHE`; when it has none, one caller per
+    key fetches it (the others wait on the key's lock) with a token request sent by the
+    same client. A 401 drops the token (only if it is still the one sent), fetches a new
+    one and resends the request once.
+    """
+
+    def __init__(
+        self,
+        credentials: Credentials | None,
+        *,
+        timeout: httpx.Timeout | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.timeout = timeout or httpx.Timeout(30.0, connect=10.0)
+        self.headers = headers or {}
+
+    def _token_request(self, creds: ClientCredentials) -> httpx.Request:
+        # Built here, not by the client: give it the client's timeout and headers.
+        # Repeating a token request is harmless: the retry layer may resend it.
+        return httpx.Request(
+            "POST",
+            creds.token_url,
+            data=creds.form(),
+            headers=self.headers,
+            extensions={"timeout": self.timeout.as_dict()},
+        )
+
+    def _store(self, creds: ClientCredentials, token: CachedToken) -> None:
+        TOKEN_CACHE.put(creds.cache_key, token)
+        log.info(
+            "Obtained an access token from %s (valid %.0f s)",
+            creds.token_url,
+            token.expires_at - time.time(),
+        )
+
+    def _drop(self, creds: ClientCredentials, request: httpx.Request) -> None:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        TOKEN_CACHE.invalidate(creds.cache_key, sent or None)
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        creds = self.credentials
+        if isinstance(creds, StaticToken):
+            request.headers["Authorization"] = f"Bearer {creds.token}"
+        if not isinstance(creds, ClientCredentials):
+            yield request
+            return
+        for attempt in range(2):
+            token = TOKEN_CACHE.get(creds.cache_key)
+            if token is None:
+                with TOKEN_CACHE.thread_lock(creds.cache_key):
+                    token = TOKEN_CACHE.get(creds.cache_key)
+                    if token is None:
+                        response = yield self._token_request(creds)
+                        response.read()
+                        token = parse_token_response(response)
+                        _mask(token.access_token)
+                        self._store(creds, token)
+            request.headers["Authorization"] = f"Bearer {token.access_token}"
+            response = yield request
+            if response.status_code != 401 or attempt:
+                return
+            self._drop(creds, request)
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        creds = self.credentials
+        if isinstance(creds, StaticToken):
+            request.headers["Authorization"] = f"Bearer {creds.token}"
+        if not isinstance(creds, ClientCredentials):
+            yield request
+            return
+        for attempt in range(2):
+            token = TOKEN_CACHE.get(creds.cache_key)
+            if token is None:
+                async with TOKEN_CACHE.async_lock(creds.cache_key):
+                    token = TOKEN_CACHE.get(creds.cache_key)
+                    if token is None:
+                        response = yield self._token_request(creds)
+                        await response.aread()
+                        token = parse_token_response(response)
+                        await _amask(token.access_token)
+                        self._store(creds, token)
+            request.headers["Authorization"] = f"Bearer {token.access_token}"
+            response = yield request
+            if response.status_code != 401 or attempt:
+                return
+            self._drop(creds, request)
+
+
+def _mask(secret: str) -> None:
+    """Keep the token out of task logs (Airflow imported lazily: only on a token fetch)."""
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(secret)
+
+
+async def _amask(secret: str) -> None:
+    from airflow.sdk.log import amask_secret
+
+    await amask_secret(secret)

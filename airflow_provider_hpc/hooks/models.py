@@ -29,19 +29,6 @@ FAILED_STATES = frozenset(
     }
 )
 TERMINAL_STATES = SUCCESS_STATES | FAILED_STATES
-# Worst first: the state reported for an array whose tasks ended differently.
-_SEVERITY = (
-    "OUT_OF_MEMORY",
-    "NODE_FAIL",
-    "BOOT_FAIL",
-    "TIMEOUT",
-    "DEADLINE",
-    "FAILED",
-    "SPECIAL_EXIT",
-    "PREEMPTED",
-    "REVOKED",
-    "CANCELLED",
-)
 
 
 def normalize_state(state: str | None) -> str:
@@ -173,10 +160,23 @@ class JobTime(WireModel):
     limit: int | None = None
 
 
+class JobTask(WireModel):
+    """In an array summary: one array task (in a plain job: a step)."""
+
+    id: str
+    name: str | None = None
+    status: JobStatus = JobStatus()
+
+    @property
+    def state(self) -> str:
+        return normalize_state(self.status.state)
+
+
 class Job(WireModel):
     job_id: str
     name: str | None = None
     status: JobStatus = JobStatus()
+    tasks: list[JobTask] | None = None
     time: JobTime | None = None
     account: str | None = None
     partition: str | None = None
@@ -187,6 +187,13 @@ class Job(WireModel):
     @property
     def state(self) -> str:
         return normalize_state(self.status.state)
+
+    @property
+    def task_index(self) -> tuple[int, int]:
+        """Sort key of array tasks ("123_4" -> (123, 4)), as the server orders them."""
+        head, _, index = self.job_id.partition("_")
+        number = head.split("+")[0]
+        return (int(number) if number.isdigit() else -1, int(index) if index.isdigit() else -1)
 
     @property
     def numeric_id(self) -> tuple[int, str]:
@@ -212,13 +219,19 @@ class JobMetadataResponse(WireModel):
 
 
 class JobSummary(WireModel):
-    """One status for a job id, whether it names one job or a whole array."""
+    """One status for a job id, whether it names one job or a whole array.
+
+    For an array the state and exit code are the server's summary, taken as it comes
+    (``GET .../jobs/{array id}`` answers one record for the array); ``task_states`` keeps
+    each task's state for the logs.
+    """
 
     job_id: str
     state: str
     exit_code: int | None = None
     state_reason: str | None = None
     tasks: int = 1
+    task_states: dict[str, str] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -228,28 +241,57 @@ class JobSummary(WireModel):
     def succeeded(self) -> bool:
         return self.state in SUCCESS_STATES
 
+    def describe(self) -> str:
+        """``"FAILED"``, or for an array ``"FAILED (tasks: 3 COMPLETED, 1 FAILED)"``."""
+        if not self.task_states:
+            return self.state
+        counts: dict[str, int] = {}
+        for state in self.task_states.values():
+            counts[state] = counts.get(state, 0) + 1
+        detail = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        return f"{self.state} (tasks: {detail})"
+
+    @classmethod
+    def from_job(cls, job_id: str, job: Job) -> JobSummary:
+        """The status the server gave for ``job_id`` (a job, or an array's summary)."""
+        prefix = f"{job_id}_"
+        tasks = [task for task in job.tasks or [] if task.id.startswith(prefix)]
+        return cls(
+            job_id=job_id,
+            state=job.state,
+            exit_code=job.status.exit_code,
+            state_reason=job.status.state_reason,
+            tasks=len(tasks) or 1,
+            task_states={task.id: task.state for task in tasks} or None,
+        )
+
     @classmethod
     def from_jobs(cls, job_id: str, jobs: list[Job]) -> JobSummary:
-        """Active while any task is; COMPLETED if all are; else the worst failed state."""
+        """The server's record for ``job_id`` when it sent one (hpcgate always does, for an
+        array too); else, from a server that lists only the tasks, hpcgate's rule: while
+        a task is active the most advanced active state, then the first non-COMPLETED
+        task's state (in task order), and the highest exit code."""
         if not jobs:
             return cls(job_id=job_id, state="UNKNOWN", tasks=0)
-        states = [job.state for job in jobs]
-        exit_codes = [job.status.exit_code for job in jobs if job.status.exit_code is not None]
-        nonzero = [code for code in exit_codes if code != 0]
-        exit_code = nonzero[0] if nonzero else (exit_codes[0] if exit_codes else None)
-        reason = next((job.status.state_reason for job in jobs if job.status.state_reason), None)
-        active = [state for state in states if state not in TERMINAL_STATES]
+        own = next((job for job in jobs if job.job_id == job_id), None)
+        if own is not None:
+            return cls.from_job(job_id, own)
+        if len(jobs) == 1:
+            return cls.from_job(job_id, jobs[0]).model_copy(update={"job_id": job_id})
+        ordered = sorted(jobs, key=lambda job: job.task_index)
+        active = [job for job in ordered if job.state not in TERMINAL_STATES]
         if active:
-            state = "RUNNING" if "RUNNING" in active else active[0]
-        elif all(state in SUCCESS_STATES for state in states):
-            state = "COMPLETED"
+            lead = next((job for job in active if job.state != "PENDING"), active[0])
         else:
-            state = min(
-                (s for s in states if s in FAILED_STATES),
-                key=lambda s: _SEVERITY.index(s) if s in _SEVERITY else len(_SEVERITY),
-            )
+            lead = next((job for job in ordered if job.state != "COMPLETED"), ordered[0])
+        exit_codes = [job.status.exit_code for job in jobs if job.status.exit_code is not None]
         return cls(
-            job_id=job_id, state=state, exit_code=exit_code, state_reason=reason, tasks=len(jobs)
+            job_id=job_id,
+            state=lead.state,
+            exit_code=max(exit_codes) if exit_codes else None,
+            state_reason=lead.status.state_reason,
+            tasks=len(jobs),
+            task_states={job.job_id: job.state for job in ordered},
         )
 
 

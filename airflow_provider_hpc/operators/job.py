@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import posixpath
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -11,31 +10,25 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
 
-from airflow_provider_hpc.exceptions import (
-    HpcApiError,
-    HpcConnectionError,
-    HpcError,
-    HpcJobError,
-    HpcNotFoundError,
-)
+from airflow_provider_hpc.exceptions import HpcError, HpcJobError
 from airflow_provider_hpc.hooks.hpc import HpcHook, UsesHpcHook
 from airflow_provider_hpc.hooks.models import JobSpec, JobSummary, format_time_limit
 from airflow_provider_hpc.identity import TaskIdentity
 from airflow_provider_hpc.links.job import XCOM_JOB_ID, XCOM_JOB_URL, HpcJobLink
+from airflow_provider_hpc.operators.output import OutputFollower, report_job_output
+from airflow_provider_hpc.operators.submission import (
+    LOOKUP_WINDOW,
+    STATE_KEY,
+    ExactlyOnceSubmission,
+)
 from airflow_provider_hpc.triggers.job import FAILED, SUCCESS, TIMEOUT, HpcJobTrigger
 
 if TYPE_CHECKING:
     import jinja2
     from airflow.sdk import Context
 
-#: task_state_store key holding the job of this task instance (survives retries).
-STATE_KEY = "hpc_job"
 DEFAULT_JOB_TIMEOUT = timedelta(days=7)
-_SUBMIT_ROUNDS = 3
 _JOB_ID = re.compile(r"\d+(_\d+)?")
-#: How far back the lookup by name looks for finished jobs (the API's widest window).
-LOOKUP_WINDOW = "7d"
-_sleep = time.sleep
 
 
 def default_deferrable() -> bool:
@@ -67,7 +60,7 @@ def _dependencies(value: Any) -> list[str] | str | None:
     return _job_ids(value) or None
 
 
-class HpcSubmitJobOperator(UsesHpcHook, BaseOperator):
+class HpcSubmitJobOperator(ExactlyOnceSubmission, UsesHpcHook, BaseOperator):
     """Submit a Slurm batch job through the API and (by default) wait until it ends.
 
     Exactly once: the job is recorded in the task state store and named
@@ -264,7 +257,7 @@ class HpcSubmitJobOperator(UsesHpcHook, BaseOperator):
                 ),
                 method_name="execute_complete",
             )
-        follower = _OutputFollower(hook, system, job_id, self.log)
+        follower = OutputFollower(hook, system, job_id, self.log)
         try:
             summary = hook.wait_for_job(
                 job_id,
@@ -313,103 +306,6 @@ class HpcSubmitJobOperator(UsesHpcHook, BaseOperator):
         except HpcError as exc:
             self.log.warning("Could not cancel job %s: %s", self._job_id, exc)
 
-    # ------------------------------------------------------------------ exactly once
-
-    def submit_or_attach(
-        self, context: Context, system: str, identity: TaskIdentity
-    ) -> tuple[str, JobSummary | None]:
-        """Return the job of this task instance's try group, submitting it only if needed.
-
-        Order: the task state store record, then a lookup by the deterministic job name
-        (covers a crash between submission and recording), then submission.
-        """
-        hook = self.hook
-        store = context.get("task_state_store")
-        name = identity.job_name(self.job_name)
-        after: str | None = None
-
-        record = _store_get(store)
-        if record and record.get("system") == system:
-            found = self._job_if_alive(str(record["job_id"]), system)
-            same_group = record.get("generation") == identity.generation
-            if found is not None and same_group:
-                if not found.terminal or found.succeeded:
-                    self.log.info(
-                        "Re-attaching to job %s (%s) from an earlier try", found.job_id, found.state
-                    )
-                    return found.job_id, found
-                after = found.job_id
-            elif found is None and same_group:
-                after = str(record["job_id"])  # gone from the scheduler: do not reuse its key
-            elif found is not None and not found.terminal:
-                self.log.warning(
-                    "Task was cleared: cancelling job %s of the previous run (%s)",
-                    found.job_id,
-                    found.state,
-                )
-                self._cancel_quietly(system, found.job_id)
-
-        named = self._find_named(system, name)
-        if named is not None:
-            if not named.terminal or named.succeeded:
-                self.log.info(
-                    "Re-attaching to job %s (%s) named %s", named.job_id, named.state, name
-                )
-                _store_put(store, named.job_id, system, identity, name)
-                return named.job_id, named
-            after = named.job_id
-        if after:
-            self.log.info("Earlier job %s failed; submitting a new one", after)
-
-        spec = self.build_job_spec(name)
-        key = identity.idempotency_key(after)
-        for attempt in range(1, _SUBMIT_ROUNDS + 1):
-            try:
-                job_id = hook.submit_job(spec, system=system, idempotency_key=key)
-                break
-            except (HpcConnectionError, HpcApiError) as exc:
-                conflict = getattr(exc, "status_code", None) == 422
-                if not conflict and (not exc.transient or attempt == _SUBMIT_ROUNDS):
-                    raise
-                if conflict:
-                    # hpcgate: this try group's key already made a job, from another body
-                    # (a template rendered differently on this try). That job is the one.
-                    self.log.warning("Submission refused (%s); looking for job %s", exc, name)
-                else:
-                    # A timeout or 5xx may hide a job that was submitted: look before retrying.
-                    self.log.warning("Submission answer lost (%s); checking for job %s", exc, name)
-                    _sleep(min(30.0, 2.0 * attempt))
-                named = self._find_named(system, name)
-                if named is not None and named.job_id != after:
-                    _store_put(store, named.job_id, system, identity, name)
-                    return named.job_id, named
-                if conflict:
-                    raise
-        self.log.info("Submitted job %s (%s) on %s", job_id, name, system)
-        _store_put(store, job_id, system, identity, name)
-        return job_id, None
-
-    def _job_if_alive(self, job_id: str, system: str) -> JobSummary | None:
-        try:
-            summary = self.hook.get_job_status(job_id, system=system)
-        except HpcNotFoundError:
-            return None
-        return summary if summary.tasks else None
-
-    def _find_named(self, system: str, name: str) -> JobSummary | None:
-        """Newest job with this exact name (array tasks grouped by their parent id)."""
-        try:
-            jobs = self.hook.list_jobs(system=system, name=name, time_window=LOOKUP_WINDOW)
-        except HpcApiError as exc:
-            if exc.transient:
-                raise
-            self.log.warning("Cannot list jobs by name (%s); relying on the task state store", exc)
-            return None
-        if not jobs:
-            return None
-        parent = jobs[0].job_id.split("_")[0]
-        return JobSummary.from_jobs(parent, [j for j in jobs if j.job_id.split("_")[0] == parent])
-
     # ------------------------------------------------------------------ helpers
 
     def _timeout_seconds(self) -> float:
@@ -423,12 +319,6 @@ class HpcSubmitJobOperator(UsesHpcHook, BaseOperator):
         if self.cancel_on_timeout:
             self.log.warning("Cancelling job %s: it did not finish in time", job_id)
             self._cancel_quietly(system, job_id)
-
-    def _cancel_quietly(self, system: str, job_id: str) -> None:
-        try:
-            self.hook.cancel_job(job_id, system=system)
-        except HpcError as exc:
-            self.log.warning("Could not cancel job %s: %s", job_id, exc)
 
     def _result(self, job_id: str, system: str, summary: JobSummary | None) -> dict[str, Any]:
         return {
@@ -444,7 +334,7 @@ class HpcSubmitJobOperator(UsesHpcHook, BaseOperator):
         job_id: str,
         state: str,
         exit_code: int | None,
-        follower: _OutputFollower | None = None,
+        follower: OutputFollower | None = None,
     ) -> dict[str, Any]:
         """Write the output tails to the log; return the result or raise for a failed job."""
         stderr_tail = report_job_output(
@@ -461,158 +351,11 @@ class HpcSubmitJobOperator(UsesHpcHook, BaseOperator):
         raise HpcJobError(message, job_id=job_id, state=state, exit_code=exit_code)
 
 
-# ---------------------------------------------------------------------- task state store
-
-
-def _store_get(store: Any) -> dict[str, Any] | None:
-    if store is None:
-        return None
-    value = store.get(STATE_KEY)
-    return value if isinstance(value, dict) and value.get("job_id") else None
-
-
-def _store_put(store: Any, job_id: str, system: str, identity: TaskIdentity, name: str) -> None:
-    if store is None:
-        return
-    store.set(
-        STATE_KEY,
-        {
-            "job_id": job_id,
-            "system": system,
-            "generation": identity.generation,
-            "name": name,
-            "recorded_at": time.time(),
-        },
-    )
-
-
-# ---------------------------------------------------------------------- job output
-
-
-def _output_paths(hook: HpcHook, system: str, job_id: str) -> tuple[str | None, str | None]:
-    """Resolved stdout/stderr paths from the job metadata (None when unknown)."""
-    records = hook.get_job_metadata(job_id, system=system)
-    if not records:
-        return None, None
-    meta = records[0]
-    workdir = None
-    try:
-        jobs = hook.get_job(job_id, system=system)
-        workdir = jobs[0].working_directory if jobs else None
-    except HpcError:
-        pass
-
-    def resolve(path: str | None) -> str | None:
-        if not path:
-            return None
-        path = path.replace("%j", job_id).replace("%J", job_id).replace("%A", job_id.split("_")[0])
-        if "%" in path.replace("%%", ""):
-            return None
-        path = path.replace("%%", "%")
-        if not path.startswith("/"):
-            if not workdir:
-                return None
-            path = posixpath.join(workdir, path)
-        return path
-
-    stdout = resolve(meta.standard_output)
-    stderr = resolve(meta.standard_error) or stdout
-    return stdout, stderr
-
-
-class _OutputFollower:
-    """Stream new stdout lines into the task log while the worker polls (best effort)."""
-
-    CHUNK = 1 << 20
-    #: Stop following after this much output (the tail is still logged at the end).
-    LIMIT = 16 << 20
-
-    def __init__(self, hook: HpcHook, system: str, job_id: str, log: Any) -> None:
-        self.hook, self.system, self.job_id, self.log = hook, system, job_id, log
-        self.path: str | None = None
-        self.offset = 0
-        self.enabled = True
-        self.started = False
-
-    def on_poll(self, summary: JobSummary) -> None:
-        if summary.state == "PENDING":
-            return
-        self.follow()
-
-    def follow(self) -> None:
-        if not self.enabled:
-            return
-        try:
-            if self.path is None:
-                self.path = _output_paths(self.hook, self.system, self.job_id)[0]
-                if self.path is None:
-                    self.enabled = False
-                    return
-            size = self.hook.stat(self.path, system=self.system).size
-            if size > self.LIMIT:
-                self.log.info("Job output is over %d bytes: no longer following it", self.LIMIT)
-                self.enabled = False
-                return
-            while self.offset < size:
-                text = self.hook.view(
-                    self.path,
-                    system=self.system,
-                    offset=self.offset,
-                    size=min(self.CHUNK, size - self.offset),
-                )
-                if not text:
-                    break
-                self.started = True
-                self.offset += len(text.encode())
-                for line in text.splitlines():
-                    self.log.info("[job %s stdout] %s", self.job_id, line)
-        except HpcNotFoundError:
-            return  # not created yet
-        except HpcError as exc:
-            self.log.info("Not following the job's output (%s)", exc)
-            self.enabled = False
-
-
-def report_job_output(
-    hook: HpcHook,
-    system: str,
-    job_id: str,
-    log: Any,
-    *,
-    lines: int = 50,
-    follower: _OutputFollower | None = None,
-) -> str:
-    """Write the tail of stdout and stderr into the task log; return the stderr tail
-    (the stdout tail when both go to one file)."""
-    if lines <= 0:
-        return ""
-    try:
-        stdout, stderr = _output_paths(hook, system, job_id)
-    except HpcError as exc:
-        log.info("No output paths for job %s (%s)", job_id, exc)
-        return ""
-    tails: dict[str, str] = {}
-    for label, path in (("stdout", stdout), ("stderr", stderr)):
-        if path is None:
-            continue
-        if label == "stderr" and path == stdout:
-            return tails.get("stdout", "")
-        if label == "stdout" and follower is not None and follower.started and follower.enabled:
-            follower.follow()
-            continue
-        try:
-            text = hook.tail(path, system=system, lines=lines).content
-        except HpcError as exc:
-            log.info("Cannot read %s of job %s at %s (%s)", label, job_id, path, exc)
-            continue
-        tails[label] = text
-        if text.strip():
-            log.info(
-                "--- job %s %s (last %d lines of %s) ---\n%s",
-                job_id,
-                label,
-                lines,
-                path,
-                text.rstrip(),
-            )
-    return tails.get("stderr", "")
+__all__ = [
+    "DEFAULT_JOB_TIMEOUT",
+    "LOOKUP_WINDOW",
+    "STATE_KEY",
+    "HpcSubmitJobOperator",
+    "default_deferrable",
+    "report_job_output",
+]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import random
@@ -39,9 +38,9 @@ from urllib.parse import quote
 import httpx
 
 from airflow_provider_hpc.exceptions import HpcError
-from airflow_provider_hpc.hooks.auth import ClientCredentials, StaticToken
 from airflow_provider_hpc.hooks.hpc import HpcHook
 from airflow_provider_hpc.hooks.models import Job, JobSummary
+from airflow_provider_hpc.hooks.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,8 @@ class _Unsupported(Exception):
     """The server has no events endpoint."""
 
 
-UNSUPPORTED: Any = object()  # returned by JobEventHub.next_status: poll instead
+#: Returned by :meth:`JobEventHub.next_status` (compare with ``is``): poll instead.
+UNSUPPORTED = JobSummary(job_id="", state="UNSUPPORTED", tasks=0)
 
 
 # --------------------------------------------------------------------------- SSE parsing
@@ -146,20 +146,6 @@ class _Entry:
             self.changed = None
 
 
-def hub_key(hook: HpcHook, system: str) -> tuple[str, ...]:
-    """(connection id, API URL, system, identity): waiters that may share a stream."""
-    config = hook._config
-    assert config is not None, "call aget_config() first"
-    creds = config.credentials
-    if isinstance(creds, StaticToken):
-        identity = hashlib.sha256(creds.token.encode()).hexdigest()
-    elif isinstance(creds, ClientCredentials):
-        identity = creds.cache_key
-    else:
-        identity = "anonymous"
-    return (hook.hpc_conn_id, config.base_url, system, identity)
-
-
 _HUBS: dict[tuple[Any, ...], JobEventHub] = {}
 _UNSUPPORTED: dict[tuple[str, ...], float] = {}
 
@@ -167,8 +153,7 @@ _UNSUPPORTED: dict[tuple[str, ...], float] = {}
 async def get_hub(hook: HpcHook, system: str) -> JobEventHub | None:
     """The hub shared by this event loop's waiters for ``hook``'s connection and
     ``system``; None when the server is known to have no events endpoint."""
-    await hook.aget_config()
-    key = hub_key(hook, system)
+    key = await hook.astream_key(system)
     if _UNSUPPORTED.get(key, 0.0) > time.monotonic():
         return None
     loop = asyncio.get_running_loop()
@@ -269,7 +254,9 @@ class JobEventHub:
                 return summary
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                break
+                if summary is not None and entry.streamed and self.healthy:
+                    return summary
+                return await self._fetch(job_id)
             if entry.changed is None:
                 entry.changed = asyncio.Event()
             changed, state = entry.changed, self._state_changed
@@ -279,11 +266,6 @@ class JobEventHub:
             finally:
                 for waiter in waits:
                     waiter.cancel()
-        if self.unsupported:
-            return UNSUPPORTED
-        if entry.summary is not None and entry.streamed and self.healthy:
-            return entry.summary
-        return await self._fetch(job_id)
 
     # ------------------------------------------------------------------ internals
 
@@ -373,42 +355,33 @@ class JobEventHub:
                 log.warning("Job events for %s keep failing; waiters poll meanwhile", self.system)
             if progressed and time.monotonic() - started > retry:
                 delay = random.uniform(0, retry)  # noqa: S311  # a normal end (max lifetime)
-            else:
-                step = min(MAX_BACKOFF, retry * 2 ** min(failures, 6))
-                delay = step / 2 + random.uniform(0, step / 2)  # noqa: S311
+            else:  # the retry layer's back-off, on the server's ``retry:`` base
+                policy = RetryPolicy(backoff_base=retry, backoff_max=MAX_BACKOFF)
+                delay = policy.backoff(min(failures, 6))
             await asyncio.sleep(delay)
 
     async def _stream(self, parser: SSEParser) -> bool:
-        """Follow one stream until it ends; True if it delivered anything."""
-        client = await self.hook.aget_conn()
+        """Follow one stream until it ends; True if it delivered anything. The connect
+        goes through the hook's auth flow (a fresh OAuth2 token after a 401) and retry
+        layer, like any other request."""
         path = f"/compute/{quote(self.system, safe='')}/events"
+        headers = {"Accept": "text/event-stream"}
+        if self.last_event_id is not None:
+            headers["Last-Event-ID"] = self.last_event_id
         progressed = False
-        for attempt in range(2):  # a second try after a 401 with a fresh OAuth2 token
-            headers = {"Accept": "text/event-stream", **(await self.hook._abearer())}
-            if self.last_event_id is not None:
-                headers["Last-Event-ID"] = self.last_event_id
-            connect = self.hook._config.timeout if self.hook._config else 30.0
-            timeout = httpx.Timeout(connect, read=None)  # liveness: see dead_after
-            request = client.build_request("GET", path, headers=headers, timeout=timeout)
-            response = await client.send(request, stream=True)
-            try:
-                if response.status_code == 401 and attempt == 0 and self.hook._drop_token(request):
-                    continue
-                if response.status_code in (404, 405, 501):
-                    raise _Unsupported
-                if response.status_code != 200:
-                    await response.aread()
-                    raise HpcError(f"GET {path} -> {response.status_code}: {response.text[:200]}")
-                self.connections += 1
-                self.down_since = None
-                seen: set[str] = set()
-                async for event in iter_sse(_alive_lines(response, self.dead_after), parser):
-                    progressed = True
-                    self._handle(event, seen)
-                return progressed
-            finally:
-                await response.aclose()
-        raise HpcError(f"GET {path} -> 401 twice")
+        async with self.hook.astream(path, headers=headers) as response:
+            if response.status_code in (404, 405, 501):
+                raise _Unsupported
+            if response.status_code != 200:
+                await response.aread()
+                raise HpcError(f"GET {path} -> {response.status_code}: {response.text[:200]}")
+            self.connections += 1
+            self.down_since = None
+            seen: set[str] = set()
+            async for event in iter_sse(_alive_lines(response, self.dead_after), parser):
+                progressed = True
+                self._handle(event, seen)
+        return progressed
 
     def _handle(self, event: SSEvent, seen: set[str]) -> None:
         if event.id is not None:

@@ -160,7 +160,9 @@ class HpcJobTrigger(BaseTrigger):
                     budget.reset()
                     errors = 0
                     if last is None or summary.state != last.state:
-                        self.log.info("Job %s on %s is %s", self.job_id, self.system, summary.state)
+                        self.log.info(
+                            "Job %s on %s is %s", self.job_id, self.system, summary.describe()
+                        )
                     last = summary
                     if summary.terminal:
                         yield self._event(SUCCESS if summary.succeeded else FAILED, summary)

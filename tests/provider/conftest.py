@@ -1,6 +1,7 @@
 """Fixtures for the provider's unit tests: no server, no site, no metadata database.
 
-``fake_api`` stands in for the server's HTTP API (``httpx.MockTransport``) and is wired
+``fake_api`` stands in for the server's HTTP API (``httpx.MockTransport``; its answers are
+built with the server's own wire models, see ``test_wire_contract.py``) and is wired
 into every ``HpcHook`` created during the test; ``hpc_default`` (static token) and
 ``hpc_oauth`` (client credentials) connections come from ``AIRFLOW_CONN_*`` variables.
 """
@@ -22,10 +23,10 @@ import pytest
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="hpc-provider-airflow-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
-from airflow_provider_hpc.hooks import hpc as hook_module
+from airflow_provider_hpc.hooks import retry as retry_module
 from airflow_provider_hpc.hooks.auth import TOKEN_CACHE
 from airflow_provider_hpc.hooks.hpc import HpcHook
-from airflow_provider_hpc.operators import job as job_module
+from airflow_provider_hpc.operators import submission as submission_module
 from airflow_provider_hpc.triggers.events import reset_hubs
 from tests.provider.airflow_stack import airflow_env, migrate
 from tests.provider.fakeapi import BASE_URL, SYSTEM, TOKEN_URL, FakeHpcApi
@@ -65,9 +66,9 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     async def asleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr(hook_module, "_sleep", slept.append)
-    monkeypatch.setattr(hook_module, "_asleep", asleep)
-    monkeypatch.setattr(job_module, "_sleep", slept.append)
+    monkeypatch.setattr(retry_module, "sleep", slept.append)
+    monkeypatch.setattr(retry_module, "asleep", asleep)
+    monkeypatch.setattr(submission_module, "_sleep", slept.append)
     return slept
 
 

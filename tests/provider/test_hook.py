@@ -157,17 +157,42 @@ def _job(job_id: str, state: str, code: int | None = 0) -> Job:
     return Job.model_validate({"jobId": job_id, "status": {"state": state, "exitCode": code}})
 
 
-def test_summary_of_array_jobs() -> None:
+def test_summary_of_array_jobs_follows_the_servers_rule() -> None:
+    """A server that lists only the tasks: hpcgate's rule (the most advanced active state,
+    then the first non-COMPLETED task's state; the highest exit code)."""
     done = JobSummary.from_jobs("7", [_job("7_0", "COMPLETED"), _job("7_1", "COMPLETED")])
     assert (done.state, done.tasks) == ("COMPLETED", 2)
     active = JobSummary.from_jobs("7", [_job("7_0", "COMPLETED"), _job("7_1", "RUNNING", None)])
     assert active.state == "RUNNING" and not active.terminal
+    pending = JobSummary.from_jobs("7", [_job("7_0", "PENDING", None), _job("7_1", "RUNNING")])
+    assert pending.state == "RUNNING"
     failed = JobSummary.from_jobs(
         "7",
-        [_job("7_0", "CANCELLED", 0), _job("7_1", "OUT_OF_MEMORY", 137), _job("7_2", "COMPLETED")],
+        [_job("7_2", "COMPLETED"), _job("7_1", "OUT_OF_MEMORY", 137), _job("7_0", "CANCELLED", 0)],
     )
-    assert (failed.state, failed.exit_code) == ("OUT_OF_MEMORY", 137)
+    assert (failed.state, failed.exit_code, failed.terminal) == ("CANCELLED", 137, True)
+    assert failed.describe() == "CANCELLED (tasks: 1 CANCELLED, 1 COMPLETED, 1 OUT_OF_MEMORY)"
     assert Job.model_validate({"jobId": 12, "status": {"state": "PENDING"}}).job_id == "12"
+
+
+def test_summary_of_an_array_is_the_servers_record_as_it_comes() -> None:
+    """hpcgate answers an array id with one summary record: taken as is, tasks for logs."""
+    record = Job.model_validate(
+        {
+            "jobId": "7",
+            "status": {"state": "FAILED", "exitCode": 9},
+            "tasks": [
+                {"id": "7_0", "name": "a", "status": {"state": "COMPLETED", "exitCode": 0}},
+                {"id": "7_1", "name": "a", "status": {"state": "FAILED", "exitCode": 9}},
+                {"id": "7_2", "name": "a", "status": {"state": "OUT_OF_MEMORY", "exitCode": 0}},
+            ],
+        }
+    )
+    summary = JobSummary.from_jobs("7", [record])
+    assert (summary.state, summary.exit_code, summary.tasks) == ("FAILED", 9, 3)
+    assert summary.task_states == {"7_0": "COMPLETED", "7_1": "FAILED", "7_2": "OUT_OF_MEMORY"}
+    plain = JobSummary.from_jobs("8", [_job("8", "COMPLETED")])
+    assert (plain.state, plain.tasks, plain.task_states) == ("COMPLETED", 1, None)
 
 
 def test_error_body_and_not_found(hook: HpcHook, fake_api: FakeHpcApi) -> None:

@@ -145,13 +145,38 @@ async def test_no_events_endpoint_means_polling(fake_api: FakeHpcApi) -> None:
     assert len(fake_api.calls("GET", r"/events$")) == 1  # the 404 is remembered
 
 
-async def test_a_failing_stream_degrades_to_polling(fake_api: FakeHpcApi) -> None:
+async def test_a_failing_stream_degrades_to_polling(
+    fake_api: FakeHpcApi, sleeps: list[float]
+) -> None:
+    """The stream's connect is retried like any request (same retry layer); when that
+    fails too, waiters poll while the hub reconnects later."""
     fake_api.enable_events()
-    fake_api.inject("GET", r"/events$", *[httpx.Response(503)] * 5)
+    fake_api.inject("GET", r"/events$", *[httpx.Response(503)] * 60)
     job = fake_api.add_job(plan=["RUNNING", "RUNNING", "COMPLETED"])
     [event] = await asyncio.wait_for(run(trigger(job.job_id, poll_interval=0.01)), 10)
     assert event["status"] == "success"
     assert len(job_gets(fake_api)) == 3
+    assert len(fake_api.calls("GET", r"/events$")) == 6  # one connect: 1 + 5 retries
+    assert len(sleeps) == 5
+
+
+async def test_the_stream_uses_the_hooks_auth_flow(fake_api: FakeHpcApi) -> None:
+    """OAuth2: the stream's connect carries the cached token; after a 401 it gets a new
+    token and reconnects at once (the auth flow), without a pause of the hub."""
+    fake_api.enable_events()
+    job = fake_api.add_job(plan=["RUNNING"])
+    fake_api.inject("GET", r"/events$", httpx.Response(401))
+    fake_api.stream_ends = [None, lambda: fake_api.set_state(job, "COMPLETED")]
+    trig = HpcJobTrigger(job_id=job.job_id, system=SYSTEM, hpc_conn_id="hpc_oauth")
+    task = asyncio.ensure_future(run(trig))
+    await until(lambda: bool(active_hubs()) and active_hubs()[0].synced)
+    fake_api.set_state(job, "COMPLETED")
+    [event] = await asyncio.wait_for(task, 10)
+    assert event["status"] == "success"
+    # the auth flow re-sends the same request with the new token
+    first, second = fake_api.calls("GET", r"/events$")[:2]
+    assert first is second and second.headers["authorization"] == "Bearer oauth-token-2"
+    assert fake_api.tokens_issued == 2 and job_gets(fake_api) == []
 
 
 async def test_deadline_still_fires_while_following_events(fake_api: FakeHpcApi) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from airflow_provider_hpc.exceptions import HpcApiError, HpcNotFoundError
 from airflow_provider_hpc.hooks.hpc import HpcHook
-from airflow_provider_hpc.hooks.models import JobSpec
+from airflow_provider_hpc.hooks.models import JobSpec, JobSummary
 from airflow_provider_hpc.operators.job import HpcSubmitJobOperator
 from airflow_provider_hpc.triggers.events import aclose_hubs
 from airflow_provider_hpc.triggers.job import HpcJobTrigger
@@ -96,7 +96,7 @@ def test_array_id_answers_with_one_summary_and_task_ids_with_the_task(hook, scra
     job_id = hook.submit_job(spec(scratch, script=script, array="0-3"))
     running = hook.get_job(job_id)
     assert [j.job_id for j in running] == [job_id]  # one summary entry, not one per task
-    assert wait_terminal(hook, job_id) == "FAILED"  # the worst of the tasks
+    assert wait_terminal(hook, job_id) == "FAILED"  # the first task that did not complete
     tasks = {i: hook.get_job_status(f"{job_id}_{i}") for i in range(4)}
     assert {i: (t.state, t.exit_code) for i, t in tasks.items()} == {
         0: ("COMPLETED", 0),
@@ -128,6 +128,37 @@ def test_operator_retry_finds_the_job_by_name_when_the_record_is_lost(
     assert again["job_id"] == first["job_id"]
     name = hook.get_job(first["job_id"])[0].name
     assert [j.job_id for j in hook.list_jobs(name=name)] == [first["job_id"]]
+
+
+async def test_one_array_gets_one_summary_from_server_and_provider(hook, scratch) -> None:
+    """The server summarises an array (the first non-COMPLETED task's state, the highest
+    exit code); every provider path shows that summary: the hook, the trigger (event
+    stream or GET), the operator's lookup by name, and the rule for task-only listings."""
+    script = '#!/bin/bash\nsleep 1\ncase "$SLURM_ARRAY_TASK_ID" in 0) exit 1;; 1) exit 7;; esac\n'
+    job = spec(scratch, script=script, array="0-2")
+    job_id = await asyncio.to_thread(hook.submit_job, job)
+    system = hook.resolve_system()
+    trigger = HpcJobTrigger(job_id=job_id, system=system, poll_interval=0.5)
+    [event] = [e.payload async for e in trigger.run()]
+    await aclose_hubs()
+    [record] = await asyncio.to_thread(hook.get_job, job_id)  # the server's own summary
+    server = (record.state, record.status.exit_code)
+    assert server == ("FAILED", 7)  # task 0 failed first; task 1's exit code is the highest
+    summary = await asyncio.to_thread(hook.get_job_status, job_id)
+    assert (summary.state, summary.exit_code) == server
+    assert summary.tasks == 3
+    assert summary.task_states == {
+        f"{job_id}_0": "FAILED",
+        f"{job_id}_1": "FAILED",
+        f"{job_id}_2": "COMPLETED",
+    }
+    assert (event["status"], event["state"], event["exit_code"]) == ("failed", *server)
+    op = HpcSubmitJobOperator(task_id="lookup", script="x", working_directory=scratch)
+    named = await asyncio.to_thread(op._find_named, system, job.name)
+    assert named is not None and (named.job_id, named.state, named.exit_code) == (job_id, *server)
+    tasks = await asyncio.to_thread(hook.list_jobs, name=job.name)
+    from_tasks = JobSummary.from_jobs(job_id, tasks)
+    assert (from_tasks.state, from_tasks.exit_code) == server
 
 
 async def test_trigger_waits_for_an_array_and_its_on_kill_cancels(hook, scratch) -> None:
