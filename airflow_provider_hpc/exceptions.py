@@ -38,7 +38,8 @@ class HpcApiError(HpcError):
         url: str = "",
         body: Any = None,
     ) -> None:
-        self.status_code = status_code
+        # AirflowException declares status_code as an HTTPStatus; the API may answer any code
+        self.status_code = status_code  # type: ignore[assignment]
         self.message = message
         self.error_type = error_type
         self.method = method

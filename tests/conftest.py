@@ -1,15 +1,60 @@
-"""Session fixtures: the real local site and SSH connections to it as each user."""
+"""Session fixtures: the real local site and SSH connections to it as each user.
+
+Every test whose fixtures reach ``site_env`` (directly or through ``ssh_as``,
+``sftp_as``, ``api_server`` or any fixture built on them) or Airflow's metadata database
+(``migrated_airflow_db``: whole DAG runs in Airflow processes) is marked ``site`` at
+collection, so ``pytest -m "not site"`` is the fast layer: no site, no server process,
+no Airflow run. ``HPCGATE_TEST_NO_SITE=1`` makes any use of the site fail loudly (to
+prove that layer needs none).
+"""
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncssh
 import pytest
 
+import tests.site
 from tests.server import ApiServer, start_server
 from tests.site import SiteEnv, ensure_site_up
+
+# the fixtures every site (or full-stack) fixture is built on
+SITE_FIXTURES = frozenset({"site_env", "migrated_airflow_db"})
+# deploy/local/site's ports and their defaults
+SITE_PORTS = (("SSH", 2222), ("CTLD", 6817), ("SLURMD", 6818), ("DBD", 6819), ("DB", 3307))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``site`` every test whose fixture closure needs the site (explicit marks stay)."""
+    for item in items:
+        closure = getattr(item, "fixturenames", ())
+        if not SITE_FIXTURES.isdisjoint(closure) and not item.get_closest_marker("site"):
+            item.add_marker(pytest.mark.site)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With ``HPCGATE_TEST_NO_SITE`` set, running ``deploy/local/site`` or connecting to
+    the site's ports (sshd, Slurm, its database) raises instead."""
+    if not os.environ.get("HPCGATE_TEST_NO_SITE"):
+        return
+
+    def no_site(*args: str, **kwargs: Any) -> Any:
+        raise RuntimeError(f"HPCGATE_TEST_NO_SITE is set, yet a test ran the site {args}")
+
+    tests.site.site = no_site
+    ports = {int(os.environ.get(f"HPC_SITE_{name}_PORT", default)) for name, default in SITE_PORTS}
+    connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: Any) -> None:
+        if isinstance(address, tuple) and address[1] in ports:
+            raise RuntimeError(f"HPCGATE_TEST_NO_SITE is set, yet a test connects to {address}")
+        connect(self, address)
+
+    socket.socket.connect = guarded  # type: ignore[method-assign,assignment]
 
 
 @pytest.fixture(scope="session")

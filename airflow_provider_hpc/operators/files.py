@@ -94,7 +94,8 @@ class HpcUploadOperator(_HpcFilesBase):
 
     def _open(self) -> IO[bytes]:
         if _is_object_storage(self.local_path):
-            return _storage_path(self.local_path).open("rb")
+            opened: IO[bytes] = _storage_path(self.local_path).open("rb")
+            return opened
         return _local(self.local_path).open("rb")
 
     def execute(self, context: Context) -> dict[str, Any]:

@@ -30,7 +30,7 @@ class HpcFileTrigger(BaseTrigger):
         poll_interval: float = 30.0,
         error_window: float = 600.0,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # BaseTrigger is unannotated
         self.path = path
         self.system = system
         self.hpc_conn_id = hpc_conn_id

@@ -55,7 +55,7 @@ class HpcJobTrigger(BaseTrigger):
         not_found_until: float | None = None,
         error_window: float = 600.0,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # BaseTrigger is unannotated
         self.job_id = str(job_id)
         self.system = system
         self.hpc_conn_id = hpc_conn_id
