@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpcgate import errors
-from hpcgate.compute.events import job_events, parse_event_id
+from hpcgate.api.events import job_events, parse_event_id
 from hpcgate.compute.idempotency import (
     IdempotentSubmitter,
     KeyScope,

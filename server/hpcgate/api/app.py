@@ -14,10 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hpcgate import __version__
 from hpcgate.api.edge import EdgeMiddleware
 from hpcgate.api.middleware import RequestContextMiddleware
-from hpcgate.api.routers import compute, filesystem, status, transfer
+from hpcgate.api.routers import compute, filesystem, metrics, status, transfer
 from hpcgate.config import Settings
 from hpcgate.errors import ApiError
-from hpcgate.operations.metrics import router as metrics_router
 from hpcgate.services import Services
 from hpcgate.wire import ErrorBody, ErrorData, ErrorField
 
@@ -102,7 +101,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(compute.router)
     app.include_router(filesystem.router)
     app.include_router(transfer.router)
-    app.include_router(metrics_router)
+    app.include_router(metrics.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

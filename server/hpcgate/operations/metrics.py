@@ -15,17 +15,12 @@ program names, systems are configured names, so the series stay few.
 from __future__ import annotations
 
 import contextvars
-import hmac
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
-from fastapi import APIRouter, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
-
-from hpcgate import errors
 
 SCHEDULER_PROGRAMS = frozenset(
     {"sbatch", "squeue", "sacct", "scancel", "scontrol", "sinfo", "sacctmgr", "srun", "sprio"}
@@ -192,25 +187,3 @@ def pool_gauges(stats: Callable[[], dict[str, dict[str, int]]]) -> Gauges:
         yield connects
 
     return collect
-
-
-router = APIRouter(tags=["metrics"])
-
-
-def _scrape_token(path: Path | None) -> bytes | None:
-    return path.read_bytes().strip() if path is not None else None
-
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus text format; a bearer token only when ``metrics.bearer_token_file``."""
-    services = request.app.state.services
-    settings = services.settings.metrics
-    if not settings.enabled:
-        raise errors.NotFound("Metrics are disabled")
-    expected = _scrape_token(settings.bearer_token_file)
-    if expected is not None:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, b"Bearer " + expected):
-            raise errors.Unauthorized("This endpoint needs the metrics scrape token")
-    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

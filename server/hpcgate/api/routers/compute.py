@@ -2,7 +2,7 @@
 
 Beyond FirecREST: ``Idempotency-Key`` on submission (``hpcgate.compute.idempotency``),
 ``waitFor`` long-polls on ``GET .../jobs/{id}`` and Server-Sent Events streams of
-job state changes (``hpcgate.compute.events``), all over the system's shared job watcher
+job state changes (``hpcgate.api.events``), all over the system's shared job watcher
 (``hpcgate.compute.watcher``), which also answers plain job lookups while fresh.
 
 Whose jobs a caller sees follows ``hpcgate.compute.scheduler.visibility`` on every route:
@@ -25,8 +25,8 @@ from pydantic import StringConstraints
 
 from hpcgate import errors
 from hpcgate.api.dependencies import SystemContext, SystemDep
+from hpcgate.api.events import EventStreamResponse, job_events, parse_event_id, wait_for_job
 from hpcgate.api.routers.params import BLANK_AS_NONE, QueryText256
-from hpcgate.compute.events import EventStreamResponse, job_events, parse_event_id, wait_for_job
 from hpcgate.compute.idempotency import REPLAYED_HEADER, KeyScope
 from hpcgate.compute.jobs import validate_job_id
 from hpcgate.compute.scheduler.models import (
