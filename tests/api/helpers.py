@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+from hpcgate.compute.jobs import TERMINAL_STATES
 
 
 def submit(client: httpx.Client, system: str, job: dict[str, Any]) -> str:
@@ -30,7 +30,7 @@ def wait_final(client: httpx.Client, system: str, job_id: str, limit: float = 60
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         job = job_state(client, system, job_id)
-        if job["status"]["state"] in FINAL_STATES:
+        if job["status"]["state"] in TERMINAL_STATES:
             return job
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} not final after {limit} s: {job}")

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from hpcgate import errors
+from hpcgate.compute.ids import JOB_ID
 from hpcgate.compute.scheduler.models import Job, JobStatus, JobTask, JobTime
 
 # ---------------------------------------------------------------- states
@@ -63,7 +64,7 @@ def is_final(job: Job) -> bool:
 
 # ---------------------------------------------------------------- ids
 
-JOB_ID_PATTERN = re.compile(r"\d{1,20}(?:_\d{1,10}|\+\d{1,5})?")
+JOB_ID_PATTERN = re.compile(JOB_ID)
 """A job (``123``), an array task (``123_4``) or a heterogeneous component (``123+1``)."""
 
 

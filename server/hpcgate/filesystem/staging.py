@@ -51,14 +51,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import asyncssh
 
-from hpcgate.errors import BadRequest, Conflict, Forbidden, NotFound
+from hpcgate.errors import BadRequest, Conflict
 from hpcgate.filesystem.entries import is_dir, is_link, is_regular, mode_of
 from hpcgate.filesystem.paths import join, parent, shown
+from hpcgate.filesystem.sftp_errors import sftp_errors
 
 PREFIX = ".hpcgate-upload-"
 DIRECTORY_MODE = 0o700
@@ -108,30 +108,12 @@ def _moved(directory: str) -> Conflict:
     )
 
 
-@contextlib.contextmanager
-def _errors(path: str) -> Iterator[None]:
-    """SFTP errors about ``path`` (never a secret name) as the API's errors."""
-    try:
-        yield
-    except asyncssh.SFTPNoSuchFile:
-        raise NotFound(f"No such file or directory: {shown(path)}") from None
-    except asyncssh.SFTPPermissionDenied:
-        raise Forbidden(f"Permission denied: {shown(path)}") from None
-    except asyncssh.SFTPOpUnsupported as exc:
-        raise BadRequest(f"Not supported by the cluster's SFTP server: {exc.reason}") from None
-    except (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection):
-        raise
-    except asyncssh.SFTPError as exc:
-        reason = exc.reason if exc.reason and exc.reason != "Failure" else "operation failed"
-        raise BadRequest(f"{reason}: {shown(path)}") from None
-
-
 async def check_replaceable(sftp: asyncssh.SFTPClient, target: str) -> None:
     """Refuse (400) a target that is a directory (or a link to one) or a special file.
 
     A symlink at the target is replaced by the new file, never written through.
     """
-    with _errors(target):
+    with sftp_errors(target):
         try:
             found = await sftp.lstat(target)
         except asyncssh.SFTPNoSuchFile:
@@ -156,7 +138,7 @@ async def create(
     reopen it; None for a file written once through this handle.
     """
     directory = join(parent(target), PREFIX + secrets.token_hex(16))
-    with _errors(parent(target)):
+    with sftp_errors(parent(target)):
         await sftp.mkdir(directory, asyncssh.SFTPAttrs(permissions=DIRECTORY_MODE))
     secret = secrets.token_hex(16)
     handle: asyncssh.SFTPClientFile | None = None
@@ -169,7 +151,7 @@ async def create(
             )
         except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPPermissionDenied):
             raise _moved(directory) from None
-        with _errors(directory):
+        with sftp_errors(directory):
             created = await handle.stat()
             staged = Staged(
                 directory=directory,
@@ -214,7 +196,7 @@ async def reopen(sftp: asyncssh.SFTPClient, staged: Staged) -> asyncssh.SFTPClie
     except asyncssh.SFTPError:
         raise _tampered(staged) from None
     try:
-        with _errors(staged.directory):
+        with sftp_errors(staged.directory):
             attrs = await handle.stat()
         if not staged.matches(attrs):
             raise _tampered(staged)
@@ -240,7 +222,7 @@ async def commit(
     """
     opened = handle if handle is not None else await reopen(sftp, staged)
     try:
-        with _errors(target):
+        with sftp_errors(target):
             try:
                 existing: asyncssh.SFTPAttrs | None = await sftp.lstat(target)
             except asyncssh.SFTPNoSuchFile:
@@ -248,15 +230,15 @@ async def commit(
         mode = staged.default_mode
         if existing is not None and is_regular(existing):
             mode = mode_of(existing) & 0o777
-        with _errors(staged.directory):
+        with sftp_errors(staged.directory):
             await opened.setstat(asyncssh.SFTPAttrs(permissions=mode))
     except BaseException:
         with contextlib.suppress(Exception):
             await opened.close()
         raise
-    with _errors(staged.directory):
+    with sftp_errors(staged.directory):
         await opened.close()  # a late write error (quota, NFS) shows up here
-    with _errors(target):
+    with sftp_errors(target):
         try:
             await sftp.posix_rename(staged.path, target)
         except asyncssh.SFTPNoSuchFile:  # the staging directory went since the check

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from hpcgate.compute.ids import JOB_OR_TASK_ID
 from hpcgate.wire import WireModel
 
 MAX_SCRIPT_BYTES = 1024 * 1024
@@ -105,8 +106,7 @@ Constraints = Annotated[
     ),
 ]
 
-_JOB_ID = r"\d{1,20}(?:_\d{1,10})?"
-JobIdText = Annotated[str, _pattern(_JOB_ID, "must be a job id such as 123 or 123_4")]
+JobIdText = Annotated[str, _pattern(JOB_OR_TASK_ID, "must be a job id such as 123 or 123_4")]
 
 _TIME = re.compile(
     r"\d{1,9}"  # minutes
@@ -154,7 +154,7 @@ ArraySpec = Annotated[
 
 _DEP_ITEM = (
     r"(?:(?:after|afterany|afterburstbuffer|aftercorr|afternotok|afterok)"
-    rf"(?::{_JOB_ID}(?:\+\d{{1,9}})?)+|singleton)"
+    rf"(?::{JOB_OR_TASK_ID}(?:\+\d{{1,9}})?)+|singleton)"
 )
 _DEPENDENCY = re.compile(rf"{_DEP_ITEM}(?:[,?]{_DEP_ITEM})*")
 

@@ -21,10 +21,10 @@ API's), ``state`` (what a system's requests share, owned by ``Services``).
 from __future__ import annotations
 
 from hpcgate.filesystem.sftp.changes import ChangeOps
-from hpcgate.filesystem.sftp.errors import sftp_errors
 from hpcgate.filesystem.sftp.reading import ReadingOps
 from hpcgate.filesystem.sftp.state import SystemState
 from hpcgate.filesystem.sftp.writing import WritingOps
+from hpcgate.filesystem.sftp_errors import sftp_errors
 
 
 class SftpFilesystem(ChangeOps, WritingOps, ReadingOps):

@@ -21,8 +21,8 @@ from hpcgate.filesystem.models import CompressionType, File
 from hpcgate.filesystem.modes import Mode
 from hpcgate.filesystem.names import valid_name
 from hpcgate.filesystem.paths import parent, shown
-from hpcgate.filesystem.sftp.errors import sftp_errors
 from hpcgate.filesystem.sftp.listing import ListingOps
+from hpcgate.filesystem.sftp_errors import sftp_errors
 
 
 class ChangeOps(ListingOps):

@@ -23,8 +23,8 @@ from hpcgate.filesystem.entries import (
 )
 from hpcgate.filesystem.models import File, FileStat
 from hpcgate.filesystem.paths import shown
-from hpcgate.filesystem.sftp.errors import sftp_errors
 from hpcgate.filesystem.sftp.session import Row, SftpSession
+from hpcgate.filesystem.sftp_errors import sftp_errors
 
 
 class ListingOps(SftpSession):

@@ -26,9 +26,9 @@ from hpcgate.filesystem.entries import (
 from hpcgate.filesystem.identity import FileIdentity
 from hpcgate.filesystem.models import FileChecksum, FileContent
 from hpcgate.filesystem.paths import shown
-from hpcgate.filesystem.sftp.errors import changed, sftp_errors
 from hpcgate.filesystem.sftp.session import SftpSession
 from hpcgate.filesystem.sftp.streams import SftpReadStream
+from hpcgate.filesystem.sftp_errors import changed, sftp_errors
 
 
 class ReadingOps(SftpSession):

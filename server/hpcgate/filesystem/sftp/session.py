@@ -15,8 +15,8 @@ from hpcgate.errors import (
     RequestTimeout,
 )
 from hpcgate.filesystem.base import Filesystem
-from hpcgate.filesystem.sftp.errors import command_error, sftp_errors
 from hpcgate.filesystem.sftp.state import SystemState
+from hpcgate.filesystem.sftp_errors import command_error, sftp_errors
 
 # (name shown in the listing, full path as the cluster spells it, lstat attrs, longname)
 Row = tuple[str, bytes, asyncssh.SFTPAttrs, str | None]

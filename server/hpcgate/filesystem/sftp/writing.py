@@ -21,8 +21,8 @@ from hpcgate.filesystem.entries import (
     is_dir,
 )
 from hpcgate.filesystem.paths import parent, shown, validate_filename
-from hpcgate.filesystem.sftp.errors import sftp_errors
 from hpcgate.filesystem.sftp.session import SftpSession
+from hpcgate.filesystem.sftp_errors import sftp_errors
 
 #: called with each block written and its offset, once the cluster acknowledged it
 Written = Callable[[bytes, int], Awaitable[None]]
