@@ -1107,3 +1107,48 @@ async def test_ping_reports_a_dead_controller(scheduler: SlurmScheduler) -> None
 
     with pytest.raises(errors.ServiceUnavailable, match="DOWN"):
         await scheduler.ping(Down())
+
+
+class _ForgetfulController(SshRunner):
+    """The user's real commands, except that ``squeue`` answers as a controller that
+    forgot every ended job (past ``MinJobAge``): only accounting still knows them."""
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | bytes | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        if "squeue" in argv[:3]:
+            return CommandResult(0, "", "")
+        return await super().run(argv, stdin=stdin, timeout=timeout)
+
+
+def test_sacct_since_is_relative_to_the_clusters_clock() -> None:
+    from hpcgate.compute.scheduler.slurm.scheduler import sacct_since
+
+    # epoch seconds are no time sacct accepts; "now-N" is, whatever the time zone
+    assert sacct_since(1_000_000 - 3600, now=1_000_000) == "now-3900"
+    assert sacct_since(1_000_000 + 50, now=1_000_000) == "now-300"
+
+
+@pytest.mark.site
+async def test_a_stamp_is_found_in_accounting_after_the_controller_forgot(
+    scheduler: SlurmScheduler, user1: SshRunner, workdir: str, tag: str, caplog
+) -> None:
+    stamp = f"hpcgate-idem-{uuid.uuid4().hex}"
+    since = int(time.time()) - 5
+    job_id = await scheduler.submit(
+        user1,
+        describe(working_directory=workdir, name=f"{tag}-stamp", script="#!/bin/bash\ntrue\n"),
+        comment=stamp,
+    )
+    await wait_for(scheduler, user1, job_id, ENDED)
+    forgetful = _ForgetfulController(user1.conn, "hpcuser1")
+    deadline = time.monotonic() + 30  # accounting records the job a moment after it ends
+    while not (found := await scheduler.jobs_with_comment(forgetful, stamp, since=since)):
+        assert time.monotonic() < deadline, "the stamp never showed in accounting"
+        await asyncio.sleep(0.5)
+    assert found == [job_id]
+    assert "sacct failed in a comment lookup" not in caplog.text

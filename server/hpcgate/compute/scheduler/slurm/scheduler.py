@@ -41,6 +41,7 @@ import asyncio
 import logging
 import posixpath
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -116,6 +117,18 @@ T = TypeVar("T")
 
 # Slurm prints times in this format: epoch seconds, independent of the time zone.
 _EPOCH_TIMES = ("env", "SLURM_TIME_FORMAT=%s")
+_CLOCK_SLACK_SECONDS = 300
+
+
+def sacct_since(epoch_seconds: int, *, now: float | None = None) -> str:
+    """``sacct -S`` for "since ``epoch_seconds``": relative to the cluster's own clock
+    (``now-<seconds>``), widened by a few minutes for clock skew between this server and
+    the cluster. Slurm rejects epoch seconds ("Invalid time specification"), and an
+    absolute date would be read in the cluster's time zone, which the server does not
+    know."""
+    current = time.time() if now is None else now
+    return f"now-{max(0, int(current) - epoch_seconds) + _CLOCK_SLACK_SECONDS}"
+
 
 _INVALID_JOB = "Invalid job id specified"
 _DENIED = ("Access/permission denied", "Invalid user id", "Access denied")
@@ -408,7 +421,7 @@ class SlurmScheduler:
         fields = ("ArrayJobID", "JobID", "Comment")
         squeue = [*_EPOCH_TIMES, "squeue", "-h", "-t", "all", "--me", "-O", format_fields(fields)]
         sacct = [*_EPOCH_TIMES, "sacct", "-n", "-X", "-p", f"--delimiter={FIELD_SEP}"]
-        sacct += ["-S", str(max(0, since)), "-E", "now", "-o", "JobID,Comment"]
+        sacct += ["-S", sacct_since(since), "-E", "now", "-o", "JobID,Comment"]
         active, accounted = await _gather(self._run(runner, squeue), self._run(runner, sacct))
         found: set[str] = set()
         if not active.ok:
