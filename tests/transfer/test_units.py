@@ -11,7 +11,7 @@ import asyncssh
 import pytest
 
 from hpcgate.config import TransferSettings
-from hpcgate.errors import BadRequest, Forbidden, PayloadTooLarge, ServiceUnavailable
+from hpcgate.errors import BadRequest, Forbidden, PayloadTooLarge, TooManyRequests
 from hpcgate.filesystem.identity import FileIdentity
 from hpcgate.filesystem.staging import Staged
 from hpcgate.transfer import s3xml, scripts
@@ -214,13 +214,15 @@ def test_store_expiry_limit_and_part_ranges() -> None:
     first = upload("1")
     store.add(first)
     store.add(upload("2"))
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(TooManyRequests) as refused:
         store.add(upload("3"))
+    assert refused.value.status_code == 429 and refused.value.headers["Retry-After"] == "60"
+    assert "transfer.max_active_per_user" in refused.value.message
     store.add(upload("4", user="other"))
     for number in range(32):  # downloads have room of their own
         store.add(Download(id=f"d{number}", system="s", user="u", target="/t", size=1,
                            expires_at=NOW + 10))  # fmt: skip
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(TooManyRequests):
         store.add(Download(id="d", system="s", user="u", target="/t", size=1, expires_at=NOW))
     assert first.part_count == 3
     assert [first.part_range(n) for n in (1, 2, 3)] == [(0, 8), (8, 8), (16, 4)]

@@ -169,7 +169,8 @@ class EdgeMiddleware:
             retry = retry_after_seconds(wait)
             raise TooManyRequests(
                 f"Too many requests: {limits.requests_per_second:g} per second per user "
-                f"(bursts of {limits.burst}); retry in {retry} s",
+                f"(bursts of {limits.burst}; rate_limit.requests_per_second, rate_limit.burst); "
+                f"retry in {retry} s",
                 retry_after=retry,
             )
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from hpcgate.errors import NotFound, ServiceUnavailable
+from hpcgate.errors import NotFound, TooManyRequests
 from hpcgate.filesystem.identity import FileIdentity
 from hpcgate.filesystem.staging import Staged
 from hpcgate.transfer.signing import Binding
@@ -144,8 +144,10 @@ class TransferStore:
         )
         if active >= limit:
             kind = "uploads" if upload else "downloads"
-            raise ServiceUnavailable(
-                f"Too many unfinished {kind} ({active}); finish or let some expire first",
+            setting = "transfer.max_active_per_user" + ("" if upload else " x 16")
+            raise TooManyRequests(
+                f"Too many unfinished {kind} ({active}, at most {limit}: {setting}); "
+                "finish or let some expire first",
                 retry_after=60,
             )
         self._items[transfer.id] = transfer

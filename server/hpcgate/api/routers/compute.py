@@ -289,7 +289,8 @@ async def stream_events(
         if unknown > cap:
             raise errors.BadRequest(
                 f"At most {cap} job ids the server is not already following per request "
-                f"({unknown} given): list fewer, or follow all your jobs with /events"
+                f"({unknown} given; watcher.max_unknown_ids_per_request): list fewer, or "
+                "follow all your jobs with /events"
             )
     slot = watcher.acquire(ctx.username, "sse")
     try:

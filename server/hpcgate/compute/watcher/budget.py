@@ -54,7 +54,8 @@ class SubscriberBudget:
         if user is not None and self._held[user] >= self.settings.max_subscribers_per_user:
             raise errors.TooManyRequests(
                 f"At most {self.settings.max_subscribers_per_user} open event streams and "
-                f"long-polls per user on system '{self.system}': close one or retry later",
+                f"long-polls per user on system '{self.system}' "
+                "(watcher.max_subscribers_per_user): close one or retry later",
                 retry_after=SLOT_RETRY_AFTER,
             )
 
