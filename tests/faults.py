@@ -83,12 +83,9 @@ class DelayedSubmitter(IdempotentSubmitter):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from hpcgate.api.app import create_app
-    from hpcgate.api.connection import protocol_class
+    from hpcgate.cli import run_server
     from hpcgate.config import ConfigError, load_settings
-    from hpcgate.operations.logs import configure_logging
     from hpcgate.services import Services
 
     try:
@@ -96,23 +93,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tests.faults: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
     services = Services.build(settings)
     assert services.submitter is not None
     services.submitter = DelayedSubmitter(
         DelayedStore(services.submitter.store), settings.idempotency, services.metrics
     )
-    uvicorn.run(
-        create_app(settings, services=services),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        http=protocol_class(settings.http),
-        h11_max_incomplete_event_size=settings.http.max_header_bytes,
-        timeout_keep_alive=settings.http.keep_alive_timeout_seconds,
-    )
+    run_server(create_app(settings, services=services), settings, host=args.host, port=args.port)
     return 0
 
 

@@ -6,29 +6,29 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from hpcgate.config import ConfigError, load_settings
+from hpcgate.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
-def _serve(args: argparse.Namespace) -> int:
+def run_server(app: FastAPI, settings: Settings, *, host: str, port: int) -> None:
+    """Serve ``app`` with uvicorn the way ``hpcgate serve`` does: its own logging, and
+    the request head bounded in size and time (``settings.http``)."""
     import uvicorn
 
-    from hpcgate.api.app import create_app
     from hpcgate.api.connection import protocol_class
     from hpcgate.operations.logs import configure_logging
 
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"hpcgate: {exc}", file=sys.stderr)
-        return 2
     configure_logging(settings.log_level)
     uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
+        app,
+        host=host,
+        port=port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
@@ -37,6 +37,17 @@ def _serve(args: argparse.Namespace) -> int:
         h11_max_incomplete_event_size=settings.http.max_header_bytes,
         timeout_keep_alive=settings.http.keep_alive_timeout_seconds,
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from hpcgate.api.app import create_app
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"hpcgate: {exc}", file=sys.stderr)
+        return 2
+    run_server(create_app(settings), settings, host=args.host, port=args.port)
     return 0
 
 
