@@ -218,6 +218,7 @@ class Services:
             probes,
             interval=settings.health.interval_seconds,
             timeout=settings.health.timeout_seconds,
+            retry=settings.health.retry_seconds,
         )
         watchers = {
             system.name: JobWatcher(

@@ -75,6 +75,18 @@ class HealthSettings(Model):
 
     interval_seconds: float = Field(30.0, gt=0)
     timeout_seconds: float = Field(10.0, gt=0)
+    retry_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=300,
+        description=(
+            "After a failed check, the service is checked again this many seconds later,"
+            " then twice as long after each further failure, up to interval_seconds; a"
+            " request refused with 503 brings the next check forward to no sooner than"
+            " this after the last one (one check in flight per service, shared)."
+            " Retry-After on the 503 is the seconds until that check."
+        ),
+    )
 
 
 class MetricsSettings(Model):
