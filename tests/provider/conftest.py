@@ -1,9 +1,10 @@
-"""Fixtures for the provider's unit tests: no server, no site, no metadata database.
+"""Fixtures for the provider's unit tests: no site, no metadata database.
 
-``fake_api`` stands in for the server's HTTP API (``httpx.MockTransport``; its answers are
-built with the server's own wire models, see ``test_wire_contract.py``) and is wired
-into every ``HpcHook`` created during the test; ``hpc_default`` (static token) and
-``hpc_oauth`` (client credentials) connections come from ``AIRFLOW_CONN_*`` variables.
+``api`` serves the real server application in process over a fake cluster
+(``realapi.py``, ``cluster.py``) and wires it into every ``HpcHook`` created during the
+test; ``fake_api`` is the scripted job-event stream the event-hub tests need
+(``fakeapi.py``). ``hpc_default`` (static token) and ``hpc_oauth`` (client credentials)
+connections come from ``AIRFLOW_CONN_*`` variables.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from airflow_provider_hpc.operators import submission as submission_module
 from airflow_provider_hpc.triggers.events import reset_hubs
 from tests.provider.airflow_stack import airflow_env, migrate
 from tests.provider.fakeapi import BASE_URL, SYSTEM, TOKEN_URL, FakeHpcApi
+from tests.provider.realapi import RealApi, real_api
 
 STATIC_CONN = {
     "conn_type": "hpc",
@@ -80,7 +82,24 @@ def fake_api(monkeypatch: pytest.MonkeyPatch, sleeps: list[float]) -> Iterator[F
 
 
 @pytest.fixture
-def hook(fake_api: FakeHpcApi) -> Iterator[HpcHook]:
+def api(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    sleeps: list[float],
+) -> Iterator[RealApi]:
+    """The real server application over a fake cluster, wired into every ``HpcHook``:
+    ``hpc_default`` holds a token its issuer minted, ``hpc_oauth`` gets one from the
+    stand-in IdP."""
+    with real_api(tmp_path_factory.mktemp("hpcgate")) as served:
+        monkeypatch.setattr(HpcHook, "transport", served.transport)
+        static = {**STATIC_CONN, "host": served.url, "password": served.token}
+        monkeypatch.setenv("AIRFLOW_CONN_HPC_DEFAULT", json.dumps(static))
+        monkeypatch.setenv("AIRFLOW_CONN_HPC_OAUTH", json.dumps({**OAUTH_CONN, "host": served.url}))
+        yield served
+
+
+@pytest.fixture
+def hook(api: RealApi) -> Iterator[HpcHook]:
     hook = HpcHook()
     yield hook
     hook.close()

@@ -4,40 +4,48 @@ Usage: ``python -m tests.provider.dagrun DAG_ID [--conf JSON] [--fake]``, with
 ``AIRFLOW_HOME`` pointing at a migrated metadata database and ``[core] dags_folder`` at
 ``dags_examples``. ``dag.test()`` runs tasks and triggers inline (deferral included).
 
-``--fake`` answers the API with :class:`FakeHpcApi` and simulates what the example jobs
-write; without it the DAG talks to whatever ``AIRFLOW_CONN_HPC_DEFAULT`` names (the
-integration tests' real server).
+``--fake`` serves the real application in this process over a fake cluster
+(``tests.provider.realapi``) that simulates what the example jobs write; without it the
+DAG talks to whatever ``AIRFLOW_CONN_HPC_DEFAULT`` names (the integration tests' real
+server on the local site).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import sys
+import tempfile
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.provider.cluster import FakeCluster, FakeJob
+    from tests.provider.realapi import RealApi
 
 
-def _simulate_jobs(api: Any) -> None:
-    """Make the fake's jobs leave the files the example scripts would write."""
-    from tests.provider.fakeapi import FakeJob
+def _simulate_jobs(cluster: FakeCluster) -> None:
+    """Make the fake cluster's jobs leave the files the example scripts would write."""
 
-    original = api._submit
-
-    def submit(request: Any, system: str) -> Any:
-        response = original(request, system)
-        job: FakeJob = api.jobs[response.json()["jobId"]]
-        workdir, spec = job.working_directory, job.spec
-        if spec.get("array"):
-            first, last = (int(x) for x in re.match(r"(\d+)-(\d+)", spec["array"]).groups())
+    def written(job: FakeJob) -> None:
+        spec = job.description
+        if spec is None:
+            return
+        workdir = job.working_directory
+        if spec.array:
+            match = re.match(r"(\d+)-(\d+)", spec.array)
+            assert match is not None
+            first, last = (int(x) for x in match.groups())
             for i in range(first, last + 1):
-                api.files[f"{workdir}/out_{i}.txt"] = f"{(i + 1) ** 2}\n".encode()
-        for name in re.findall(r"(?:>|tee) ?([\w.]+\.txt)", spec.get("script") or ""):
-            api.files[f"{workdir}/{name}"] = b"42\n"
-        return response
+                cluster.files[f"{workdir}/out_{i}.txt"] = f"{(i + 1) ** 2}\n".encode()
+        for name in re.findall(r"(?:>|tee) ?([\w.]+\.txt)", spec.script or ""):
+            cluster.files[f"{workdir}/{name}"] = b"42\n"
 
-    api._submit = submit
+    cluster.on_submit = written
 
 
 def _label(task_id: str, map_index: int) -> str:
@@ -65,18 +73,25 @@ def main() -> int:
     parser.add_argument("--external-job", action="store_true", help="fake: add a job, pass its id")
     args = parser.parse_args()
     conf = json.loads(args.conf)
-    api = None
-    if args.fake:
-        from airflow_provider_hpc.hooks.hpc import HpcHook
-        from tests.provider.fakeapi import FakeHpcApi
+    with contextlib.ExitStack() as stack:
+        api = None
+        if args.fake:
+            from airflow_provider_hpc.hooks.hpc import HpcHook
+            from tests.provider.realapi import real_api
 
-        api = FakeHpcApi()
-        api.plan = ["RUNNING", "COMPLETED"]
-        api.dirs.add("/scratch/hpcuser")
-        _simulate_jobs(api)
-        HpcHook.transport = api.transport
-        if args.external_job:
-            conf["job_id"] = api.add_job("external", plan=["RUNNING", "COMPLETED"]).job_id
+            api = stack.enter_context(real_api(Path(tempfile.mkdtemp(prefix="hpc-dagrun-"))))
+            api.cluster.plan = ["RUNNING", "COMPLETED"]
+            _simulate_jobs(api.cluster)
+            HpcHook.transport = api.transport
+            os.environ["AIRFLOW_CONN_HPC_DEFAULT"] = json.dumps(
+                {"conn_type": "hpc", "host": api.url, "password": api.token}
+            )
+            if args.external_job:
+                conf["job_id"] = api.add_job("external", plan=["RUNNING", "COMPLETED"]).job_id
+        return _run(args.dag_id, conf, api)
+
+
+def _run(dag_id: str, conf: dict[str, Any], api: RealApi | None) -> int:
 
     from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk import conf as airflow_conf
@@ -86,22 +101,26 @@ def main() -> int:
         print(json.dumps({"import_errors": bag.import_errors}))
         return 2
     start = time.monotonic()
-    run = bag.dags[args.dag_id].test(run_conf=conf or None)
+    run = bag.dags[dag_id].test(run_conf=conf or None)
     instances = run.get_task_instances()
     outcome = {
-        "dag_id": args.dag_id,
+        "dag_id": dag_id,
         "run_id": run.run_id,
         "conf": conf,
         "state": str(run.state),
         "seconds": round(time.monotonic() - start, 1),
         "tasks": {_label(ti.task_id, ti.map_index): str(ti.state) for ti in instances},
         "tries": {_label(ti.task_id, ti.map_index): ti.try_number for ti in instances},
-        "xcoms": _xcoms(args.dag_id, run.run_id),
+        "xcoms": _xcoms(dag_id, run.run_id),
     }
     if api is not None:
         outcome["requests"] = [f"{r.method} {r.url.path}" for r in api.requests]
         outcome["jobs"] = {
-            j.job_id: {"name": j.name, "state": j.state, "dependencies": j.spec.get("dependencies")}
+            j.job_id: {
+                "name": j.name,
+                "state": j.state,
+                "dependencies": j.description.dependencies if j.description else None,
+            }
             for j in api.jobs.values()
         }
     print("DAGRUN " + json.dumps(outcome))

@@ -1,18 +1,18 @@
-"""An in-memory stand-in for the server's HTTP API, for the provider's unit tests only.
+"""A scripted job-event stream, for the provider's event-hub tests only.
 
-It implements the subset of the FirecREST v2 wire API the provider calls, behind an
-``httpx.MockTransport``; integration tests use the real server instead. The wire shapes
-are not written here: request bodies are read and answers are built with the server's own
-models (``hpcgate``), so the fake speaks exactly what the server speaks, and
-``test_wire_contract.py`` checks its routes against the server's.
+The provider's other unit tests run through the real server application over a fake
+cluster (``tests.provider.realapi``). ``test_job_events.py`` needs what a real stream
+cannot be made to do on cue: end right after ``synced`` (or hang silent), skip a job,
+replay from an exact event id. This fake serves just the event stream and job lookups
+(and a token endpoint), behind an ``httpx.MockTransport``, with answers built from the
+server's own models; ``test_wire_contract.py`` checks its routes and answers against the
+server's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,14 +20,10 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from airflow_provider_hpc.hooks.models import TERMINAL_STATES
-from hpcgate.api.routers import filesystem as fs_wire
-from hpcgate.api.routers import status as status_wire
 from hpcgate.compute.scheduler import models as jobs_wire
-from hpcgate.filesystem.models import FileChecksum, FileContent, FileStat
-from hpcgate.transfer import models as transfer_wire
 from hpcgate.wire import ErrorBody
 
 TOKEN_URL = "https://idp.test/token"
@@ -86,33 +82,8 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return _ok(body, status, headers)
 
 
-def _read(model: type[BaseModel], request: httpx.Request) -> Any:
-    """The JSON body as the server's ``model`` reads it; a ValidationError is a 422."""
-    return model.model_validate_json(request.content)
-
-
 class _Missing(LookupError):
     """A 404 with this message."""
-
-
-_SYSTEM = status_wire.System(
-    name=SYSTEM,
-    ssh=status_wire.SshInfo(host="login", port=22, max_clients=10, timeout=status_wire.SshTimeouts(
-        connection=5, command_execution=30, idle_timeout=60, keep_alive=5)),
-    scheduler=status_wire.SchedulerInfo(type="slurm", version="24.05", timeout=30),
-    services_health=None, last_health_check=None, file_systems=[],
-    data_operation=status_wire.DataOperation(),
-)  # fmt: skip
-
-
-def _multipart_file(request: httpx.Request) -> tuple[str, bytes]:
-    boundary = request.headers["content-type"].split("boundary=")[1].encode()
-    for part in request.content.split(b"--" + boundary):
-        head, _, body = part.partition(b"\r\n\r\n")
-        match = re.search(rb'name="file"; filename="([^"]*)"', head)
-        if match:
-            return match.group(1).decode(), body.removesuffix(b"\r\n")
-    raise AssertionError("no file part")
 
 
 class FakeHpcApi:
@@ -120,17 +91,12 @@ class FakeHpcApi:
 
     def __init__(self) -> None:
         self.jobs: dict[str, FakeJob] = {}
-        self.files: dict[str, bytes] = {}
-        self.dirs: set[str] = {"/", "/scratch", "/scratch/hpcuser"}
         self.requests: list[httpx.Request] = []
         self.next_id = 1000
         self.plan = ["PENDING", "RUNNING", "COMPLETED"]
-        self.exit_code = 0
-        self.idempotency: dict[str, str] | None = None  # None: the server ignores the header
         self.tokens_issued = 0
         self.token_lifetime = 3600
         self.valid_tokens: set[str] = {"static-token-123"}
-        self.bad_checksum = False
         self._injected: list[tuple[Callable[[httpx.Request], bool], Any]] = []
         # Job events (``GET /compute/{s}/events``); None: no such endpoint (404).
         self.events: list[tuple[int, str, str, dict[str, Any]]] | None = None
@@ -166,8 +132,6 @@ class FakeHpcApi:
         job = FakeJob(job_id, name, "/scratch/hpcuser", list(plan or self.plan), exit_code)
         self.jobs[job_id] = job
         self._emit(job)
-        self.files[f"/scratch/hpcuser/slurm-{job_id}.out"] = b"line 1\nline 2\nresult=42\n"
-        self.files[f"/scratch/hpcuser/slurm-{job_id}.err"] = b"warning: something\nerror: boom\n"
         return job
 
     def enable_events(self) -> None:
@@ -195,14 +159,6 @@ class FakeHpcApi:
         pattern = re.compile(path_re)
         return [r for r in self.requests if r.method == method and pattern.search(r.url.path)]
 
-    @property
-    def submissions(self) -> list[httpx.Request]:
-        return self.calls("POST", r"/compute/[^/]+/jobs$")
-
-    @property
-    def cancels(self) -> list[httpx.Request]:
-        return self.calls("DELETE", r"/compute/[^/]+/jobs/")
-
     # ------------------------------------------------------------------ dispatch
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -215,8 +171,6 @@ class FakeHpcApi:
                 return answer(request) if callable(answer) else answer
         try:
             return self._dispatch(request)
-        except ValidationError as error:  # as the server: a body its models refuse
-            return _ok(ErrorBody(error_type="validation", message=str(error)), 422)
         except _Missing as missing:
             return _error(404, str(missing))
 
@@ -235,25 +189,11 @@ class FakeHpcApi:
 
     def _routes(self) -> list[tuple[str, tuple[str, Any]]]:
         return [
-            (r"/status/systems", ("GET", self._systems)),
             (r"/compute/([^/]+)/events", ("GET", self._events)),
-            (r"/compute/([^/]+)/jobs", ("POST", self._submit)),
-            (r"/compute/([^/]+)/jobs", ("GET", self._list)),
             (r"/compute/([^/]+)/jobs/([^/]+)", ("GET", self._get)),
-            (r"/compute/([^/]+)/jobs/([^/]+)", ("DELETE", self._cancel)),
-            (r"/compute/([^/]+)/jobs/([^/]+)/metadata", ("GET", self._metadata)),
-            (r"/filesystem/([^/]+)/ops/tail", ("GET", self._tail)),
-            (r"/filesystem/([^/]+)/ops/view", ("GET", self._view)),
-            (r"/filesystem/([^/]+)/ops/stat", ("GET", self._stat)),
-            (r"/filesystem/([^/]+)/ops/checksum", ("GET", self._checksum)),
-            (r"/filesystem/([^/]+)/ops/download", ("GET", self._download)),
-            (r"/filesystem/([^/]+)/ops/upload", ("POST", self._upload)),
-            (r"/filesystem/([^/]+)/ops/mkdir", ("POST", self._mkdir)),
-            (r"/filesystem/([^/]+)/ops/rm", ("DELETE", self._rm)),
-            (r"/filesystem/([^/]+)/transfer/(mv|cp)", ("POST", self._transfer)),
         ]
 
-    # ------------------------------------------------------------------ auth + status
+    # ------------------------------------------------------------------ auth
 
     def _token(self, request: httpx.Request) -> httpx.Response:
         form = dict(pair.split("=", 1) for pair in request.content.decode().split("&"))
@@ -266,36 +206,6 @@ class FakeHpcApi:
             200,
             json={"access_token": token, "expires_in": self.token_lifetime, "token_type": "Bearer"},
         )
-
-    def _systems(self, request: httpx.Request) -> httpx.Response:
-        return _ok(status_wire.SystemsResponse(systems=[_SYSTEM]))
-
-    # ------------------------------------------------------------------ compute
-
-    def _submit(self, request: httpx.Request, system: str) -> httpx.Response:
-        _read(jobs_wire.JobSubmitRequest, request)
-        body = json.loads(request.content)["job"]
-        key = request.headers.get("idempotency-key")
-        if self.idempotency is not None and key in self.idempotency:
-            known = self.idempotency[key]
-            if self.jobs[known].spec != body:  # as hpcgate: same key, other body
-                return _error(
-                    422,
-                    "This Idempotency-Key was used with a different request body; use a new key",
-                )
-            replayed = {"Idempotent-Replayed": "true"}
-            return _ok(jobs_wire.JobSubmitResponse(job_id=known), 201, replayed)
-        job = self.add_job(body.get("name") or "job", exit_code=self.exit_code)
-        job.working_directory = body["workingDirectory"]
-        job.spec = body
-        if self.idempotency is not None and key:
-            self.idempotency[key] = job.job_id
-        return _ok(jobs_wire.JobSubmitResponse(job_id=job.job_id), 201)
-
-    def _list(self, request: httpx.Request, system: str) -> httpx.Response:
-        name = request.url.params.get("name")
-        jobs = [j.model() for j in self.jobs.values() if name is None or j.name == name]
-        return _ok(jobs_wire.JobsResponse(jobs=jobs))
 
     def _job(self, job_id: str) -> FakeJob:
         if job_id not in self.jobs:
@@ -350,108 +260,3 @@ class FakeHpcApi:
                 await asyncio.wait_for(signal.wait(), self.heartbeat)
             except TimeoutError:
                 yield b": keep-alive\n\n"
-
-    def _cancel(self, request: httpx.Request, system: str, job_id: str) -> httpx.Response:
-        job = self._job(job_id)
-        if job.state not in ("PENDING", "RUNNING"):
-            return _error(400, f"job {job_id} has already finished")
-        job.plan, job.polls, job.exit_code = ["CANCELLED"], 0, 15
-        return httpx.Response(204)
-
-    def _metadata(self, request: httpx.Request, system: str, job_id: str) -> httpx.Response:
-        self._job(job_id)
-        meta = jobs_wire.JobMetadata(
-            job_id=job_id,
-            script="#!/bin/bash\n",
-            standard_output=f"slurm-{job_id}.out",
-            standard_error=f"/scratch/hpcuser/slurm-{job_id}.err",
-        )
-        return _ok(jobs_wire.JobMetadataResponse(jobs=[meta]))
-
-    # ------------------------------------------------------------------ filesystem
-
-    def _file(self, request: httpx.Request) -> bytes:
-        path = request.url.params["path"]
-        if path not in self.files:
-            raise _Missing(f"{path}: No such file or directory")
-        return self.files[path]
-
-    def _tail(self, request: httpx.Request, system: str) -> httpx.Response:
-        data = self._file(request)
-        lines = int(request.url.params.get("lines", 10))
-        text = "".join(data.decode().splitlines(keepends=True)[-lines:])
-        content = FileContent(content=text, content_type="lines", start_position=0, end_position=0)
-        return _ok(fs_wire.ContentResponse(output=content))
-
-    def _view(self, request: httpx.Request, system: str) -> httpx.Response:
-        data = self._file(request)
-        offset = int(request.url.params.get("offset", 0))
-        size = int(request.url.params.get("size", len(data)))
-        return _ok(fs_wire.TextResponse(output=data[offset : offset + size].decode()))
-
-    def _stat(self, request: httpx.Request, system: str) -> httpx.Response:
-        path = request.url.params["path"]
-        data = self.files.get(path)
-        if data is None and path.rstrip("/") not in self.dirs:
-            raise _Missing(f"{path}: No such file or directory")
-        stat = FileStat(
-            mode=33188, ino=1, dev=1, nlink=1, uid=1000, gid=1000, size=len(data or b""),
-            atime=0, mtime=0, ctime=0,
-        )  # fmt: skip
-        return _ok(fs_wire.StatResponse(output=stat))
-
-    def _checksum(self, request: httpx.Request, system: str) -> httpx.Response:
-        data = self._file(request)
-        digest = hashlib.sha256(data + (b"x" if self.bad_checksum else b"")).hexdigest()
-        return _ok(fs_wire.ChecksumResponse(output=FileChecksum(checksum=digest)))
-
-    def _download(self, request: httpx.Request, system: str) -> httpx.Response:
-        data = self._file(request)
-        return httpx.Response(
-            200, content=data, headers={"content-type": "application/octet-stream"}
-        )
-
-    def _upload(self, request: httpx.Request, system: str) -> httpx.Response:
-        directory = request.url.params["path"].rstrip("/")
-        if directory not in self.dirs:
-            raise _Missing(f"{directory}: No such file or directory")
-        filename, data = _multipart_file(request)
-        self.files[f"{directory}/{filename}"] = data
-        return httpx.Response(204)
-
-    def _mkdir(self, request: httpx.Request, system: str) -> httpx.Response:
-        body = _read(fs_wire.MkdirRequest, request)
-        path = body.path.rstrip("/")
-        if not body.parent and posixpath.dirname(path) not in self.dirs:
-            raise _Missing(f"{path}: No such file or directory")
-        while path and path not in self.dirs:
-            self.dirs.add(path)
-            path = posixpath.dirname(path)
-        return _ok(fs_wire.FileResponse(output=None), 201)
-
-    def _rm(self, request: httpx.Request, system: str) -> httpx.Response:
-        path = request.url.params["path"]
-        if self.files.pop(path, None) is None:
-            if path not in self.dirs:
-                raise _Missing(f"{path}: No such file or directory")
-            self.dirs.discard(path)
-        return httpx.Response(204)
-
-    def _transfer(self, request: httpx.Request, system: str, op: str) -> httpx.Response:
-        body = _read(
-            transfer_wire.MoveRequest if op == "mv" else transfer_wire.CopyRequest, request
-        )
-        data = self.files.get(body.source_path)
-        job = self.add_job(f"transfer-{op}", plan=["RUNNING", "COMPLETED" if data else "FAILED"])
-        if data is not None:
-            self.files[body.target_path] = data
-            if op == "mv":
-                del self.files[body.source_path]
-        logs = transfer_wire.TransferJobLogs(
-            output_log=f"/scratch/hpcuser/slurm-{job.job_id}.out",
-            error_log=f"/scratch/hpcuser/slurm-{job.job_id}.err",
-        )
-        transfer = transfer_wire.TransferJob(
-            job_id=job.job_id, system=system, working_directory="/scratch/hpcuser", logs=logs
-        )
-        return _ok(transfer_wire.TransferJobResponse(transfer_job=transfer), 201)

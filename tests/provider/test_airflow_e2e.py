@@ -211,7 +211,7 @@ async def test_clearing_or_failing_a_deferred_task_cancels_its_job(
         assert f"Cancelled job {first} on hpcsite" in log, log
     else:
         assert f"Job {first} on hpcsite is CANCELLED" in log, log
-    log = trigger_log(stack, run_id, 2)
+    log = trigger_log(stack, run_id, ti["try_number"])  # the try that deferred on `second`
     assert "Trigger cancelled by user action, invoking on_kill" in log, log
     assert f"Cancelled job {second} on hpcsite" in log, log
     for job_id in (first, second):

@@ -1,6 +1,6 @@
 """The example DAGs: they parse, and each runs end to end with ``dag.test()`` (deferral and
-triggers included) against the fake API. ``test_integration_dags`` reruns them against the
-real server and the local site."""
+triggers included) against the real application over a fake cluster (``dagrun --fake``).
+``test_integration_dags`` reruns them against a real server and the local site."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ EXAMPLES = {
 }
 
 
+# replaced inside the run by the in-process server's address and token (``dagrun --fake``)
 FAKE_CONN = {"conn_type": "hpc", "host": "http://hpc.test", "password": "static-token-123"}
 
 
@@ -88,7 +89,10 @@ def test_job_chain(example_runs: dict[str, dict]) -> None:
     outcome = example_runs["hpc_job_chain"]
     assert outcome["state"] == "success", outcome
     assert outcome["requests"].count("POST /compute/hpcsite/jobs") == 3
-    jobs = {j["name"].split("-")[0]: (job_id, j) for job_id, j in outcome["jobs"].items()}
+    jobs = {
+        j["name"].removeprefix("hpcgate-").split("-")[0]: (job_id, j)
+        for job_id, j in outcome["jobs"].items()
+    }
     assert sorted(jobs) == ["analyse", "prepare", "simulate", "transfer"]
     assert jobs["simulate"][1]["dependencies"] == [jobs["prepare"][0]]
     assert jobs["analyse"][1]["dependencies"] == [jobs["simulate"][0]]

@@ -14,28 +14,28 @@ from airflow_provider_hpc.operators.files import (
     HpcUploadOperator,
 )
 from tests.provider.conftest import make_context
-from tests.provider.fakeapi import FakeHpcApi
+from tests.provider.realapi import RealApi
 
 DATA = b"input data\n" * 5000
 
 
-def test_upload_creates_parents_streams_and_verifies(fake_api: FakeHpcApi, tmp_path: Path) -> None:
+def test_upload_creates_parents_streams_and_verifies(api: RealApi, tmp_path: Path) -> None:
     source = tmp_path / "in.dat"
     source.write_bytes(DATA)
     op = HpcUploadOperator(
         task_id="up", local_path=str(source), remote_path="/scratch/hpcuser/run1/"
     )
     result = op.execute(make_context())
-    assert fake_api.files["/scratch/hpcuser/run1/in.dat"] == DATA
+    assert api.files["/scratch/hpcuser/run1/in.dat"] == DATA
     assert result == {
         "remote_path": "/scratch/hpcuser/run1/in.dat",
         "size": len(DATA),
         "sha256": hashlib.sha256(DATA).hexdigest(),
     }
-    assert fake_api.calls("POST", "ops/mkdir") and fake_api.calls("GET", "ops/checksum")
+    assert api.calls("POST", "ops/mkdir") and api.calls("GET", "ops/checksum")
 
 
-def test_upload_from_object_storage(fake_api: FakeHpcApi, tmp_path: Path) -> None:
+def test_upload_from_object_storage(api: RealApi, tmp_path: Path) -> None:
     from airflow.sdk import ObjectStoragePath
 
     source = ObjectStoragePath(f"file://{tmp_path}/model.bin")
@@ -43,12 +43,12 @@ def test_upload_from_object_storage(fake_api: FakeHpcApi, tmp_path: Path) -> Non
     HpcUploadOperator(
         task_id="up", local_path=source, remote_path="/scratch/hpcuser/m.bin"
     ).execute(make_context())
-    assert fake_api.files["/scratch/hpcuser/m.bin"] == DATA
+    assert api.files["/scratch/hpcuser/m.bin"] == DATA
 
 
-def test_upload_checksum_mismatch_fails(fake_api: FakeHpcApi, tmp_path: Path) -> None:
+def test_upload_checksum_mismatch_fails(api: RealApi, tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"abc")
-    fake_api.bad_checksum = True
+    api.cluster.bad_checksum = True
     op = HpcUploadOperator(
         task_id="up", local_path=str(tmp_path / "a"), remote_path="/scratch/hpcuser/a"
     )
@@ -56,8 +56,8 @@ def test_upload_checksum_mismatch_fails(fake_api: FakeHpcApi, tmp_path: Path) ->
         op.execute(make_context())
 
 
-def test_download_is_atomic_and_verified(fake_api: FakeHpcApi, tmp_path: Path) -> None:
-    fake_api.files["/scratch/hpcuser/out.dat"] = DATA
+def test_download_is_atomic_and_verified(api: RealApi, tmp_path: Path) -> None:
+    api.files["/scratch/hpcuser/out.dat"] = DATA
     target = tmp_path / "results"
     target.mkdir()
     op = HpcDownloadOperator(
@@ -69,9 +69,9 @@ def test_download_is_atomic_and_verified(fake_api: FakeHpcApi, tmp_path: Path) -
     assert [p.name for p in target.iterdir()] == ["out.dat"]
 
 
-def test_download_mismatch_leaves_nothing(fake_api: FakeHpcApi, tmp_path: Path) -> None:
-    fake_api.files["/scratch/hpcuser/out.dat"] = DATA
-    fake_api.bad_checksum = True
+def test_download_mismatch_leaves_nothing(api: RealApi, tmp_path: Path) -> None:
+    api.files["/scratch/hpcuser/out.dat"] = DATA
+    api.cluster.bad_checksum = True
     op = HpcDownloadOperator(
         task_id="down", remote_path="/scratch/hpcuser/out.dat", local_path=str(tmp_path / "o.dat")
     )
@@ -80,10 +80,10 @@ def test_download_mismatch_leaves_nothing(fake_api: FakeHpcApi, tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_download_to_object_storage(fake_api: FakeHpcApi, tmp_path: Path) -> None:
+def test_download_to_object_storage(api: RealApi, tmp_path: Path) -> None:
     from airflow.sdk import ObjectStoragePath
 
-    fake_api.files["/scratch/hpcuser/out.dat"] = DATA
+    api.files["/scratch/hpcuser/out.dat"] = DATA
     target = ObjectStoragePath(f"file://{tmp_path}/out.dat")
     HpcDownloadOperator(
         task_id="down", remote_path="/scratch/hpcuser/out.dat", local_path=target
@@ -91,11 +91,11 @@ def test_download_to_object_storage(fake_api: FakeHpcApi, tmp_path: Path) -> Non
     assert (tmp_path / "out.dat").read_bytes() == DATA
 
 
-def test_file_operations(fake_api: FakeHpcApi) -> None:
+def test_file_operations(api: RealApi) -> None:
     ctx = make_context()
     HpcFileOperator(task_id="m", operation="mkdir", path="/scratch/hpcuser/a/b").execute(ctx)
-    assert "/scratch/hpcuser/a/b" in fake_api.dirs
-    fake_api.files["/scratch/hpcuser/a/x"] = b"x"
+    assert "/scratch/hpcuser/a/b" in api.cluster.dirs
+    api.files["/scratch/hpcuser/a/x"] = b"x"
     result = HpcFileOperator(
         task_id="c",
         operation="cp",
@@ -103,7 +103,7 @@ def test_file_operations(fake_api: FakeHpcApi) -> None:
         target_path="/scratch/hpcuser/a/y",
         poll_interval=0.001,
     ).execute(ctx)
-    assert result["job_id"] and fake_api.files["/scratch/hpcuser/a/y"] == b"x"
+    assert result["job_id"] and api.files["/scratch/hpcuser/a/y"] == b"x"
     HpcFileOperator(
         task_id="v",
         operation="mv",
@@ -111,17 +111,24 @@ def test_file_operations(fake_api: FakeHpcApi) -> None:
         target_path="/scratch/hpcuser/z",
         poll_interval=0.001,
     ).execute(ctx)
-    assert "/scratch/hpcuser/a/y" not in fake_api.files and "/scratch/hpcuser/z" in fake_api.files
+    assert "/scratch/hpcuser/a/y" not in api.files and "/scratch/hpcuser/z" in api.files
     HpcFileOperator(task_id="r", operation="rm", path="/scratch/hpcuser/z").execute(ctx)
-    assert "/scratch/hpcuser/z" not in fake_api.files
-    HpcFileOperator(task_id="r2", operation="rm", path="/nope", missing_ok=True).execute(ctx)
+    assert "/scratch/hpcuser/z" not in api.files
+    missing = "/scratch/hpcuser/nope"
+    HpcFileOperator(task_id="r2", operation="rm", path=missing, missing_ok=True).execute(ctx)
     with pytest.raises(HpcNotFoundError):
-        HpcFileOperator(task_id="r3", operation="rm", path="/nope").execute(ctx)
+        HpcFileOperator(task_id="r3", operation="rm", path=missing).execute(ctx)
 
 
-def test_failed_transfer_job_raises(fake_api: FakeHpcApi) -> None:
+def test_failed_transfer_job_raises(api: RealApi) -> None:
+    # the server checks the source before submitting; the job's cp fails on the cluster
+    api.files["/scratch/hpcuser/x"] = b"x"
     op = HpcFileOperator(
-        task_id="c", operation="cp", path="/missing", target_path="/t", poll_interval=0.001
+        task_id="c",
+        operation="cp",
+        path="/scratch/hpcuser/x",
+        target_path="/scratch/hpcuser/no-such-dir/t",
+        poll_interval=0.001,
     )
     with pytest.raises(HpcJobError, match="ended FAILED"):
         op.execute(make_context())

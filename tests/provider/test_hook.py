@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import io
+import json
 import time
 from types import SimpleNamespace
 
@@ -18,6 +19,7 @@ from airflow_provider_hpc.exceptions import (
     HpcError,
     HpcNotFoundError,
 )
+from airflow_provider_hpc.hooks import auth as auth_module
 from airflow_provider_hpc.hooks.auth import TOKEN_CACHE, ClientCredentials, StaticToken
 from airflow_provider_hpc.hooks.hpc import (
     ErrorBudget,
@@ -27,7 +29,10 @@ from airflow_provider_hpc.hooks.hpc import (
     retry_after_seconds,
 )
 from airflow_provider_hpc.hooks.models import Job, JobSpec, JobSummary, normalize_state
-from tests.provider.fakeapi import SYSTEM, FakeHpcApi
+from tests.provider.cluster import HOME
+from tests.provider.realapi import SYSTEM, TOKEN_URL, RealApi
+
+# Every test here runs against the real application over a fake cluster (``api``).
 
 
 def _conn(**kw: object) -> SimpleNamespace:
@@ -84,18 +89,16 @@ def test_hook_construction_touches_nothing() -> None:
     assert hook._config is None and hook._client is None
 
 
-def test_system_resolution(hook: HpcHook) -> None:
+def test_system_resolution(hook: HpcHook, api: RealApi) -> None:
     assert hook.resolve_system() == SYSTEM
     assert hook.resolve_system("other") == "other"
-    assert hook.get_job_url("12", system="a b") == "http://hpc.test/compute/a%20b/jobs/12"
+    assert hook.get_job_url("12", system="a b") == f"{api.url}/compute/a%20b/jobs/12"
 
 
 # ---------------------------------------------------------------------- requests and models
 
 
-def test_submit_sends_camel_case_job_and_idempotency_key(
-    hook: HpcHook, fake_api: FakeHpcApi
-) -> None:
+def test_submit_sends_camel_case_job_and_idempotency_key(hook: HpcHook, api: RealApi) -> None:
     spec = JobSpec(
         name="n",
         working_directory="/scratch/hpcuser",
@@ -108,15 +111,19 @@ def test_submit_sends_camel_case_job_and_idempotency_key(
     )
     job_id = hook.submit_job(spec, idempotency_key="af-key")
     assert job_id == "1000"
-    request = fake_api.submissions[0]
+    request = api.submissions[0]
     assert request.headers["Idempotency-Key"] == "af-key"
-    assert request.headers["Authorization"] == "Bearer static-token-123"
-    body = fake_api.jobs[job_id].spec
+    assert request.headers["Authorization"] == f"Bearer {api.token}"
+    body = json.loads(request.content)["job"]
     assert body["workingDirectory"] == "/scratch/hpcuser"
     assert body["env"] == {"A": "1"} and body["cpusPerTask"] == 2
     assert body["dependencies"] == ["1", "2"] and body["timeLimit"] == "10"
     assert body["extraOptions"] == {"exclusive": None, "comment": "5"}
     assert "scriptPath" not in body
+    # ... and the server read it as meant: what reached the scheduler
+    description = api.jobs[job_id].description
+    assert description is not None and description.env == {"A": "1"}
+    assert description.cpus_per_task == 2 and description.working_directory == HOME
 
 
 def test_job_spec_needs_exactly_one_script() -> None:
@@ -126,8 +133,8 @@ def test_job_spec_needs_exactly_one_script() -> None:
         JobSpec(working_directory="/w", script="x", script_path="/y")
 
 
-def test_job_status_and_metadata(hook: HpcHook, fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["RUNNING", "COMPLETED"])
+def test_job_status_and_metadata(hook: HpcHook, api: RealApi) -> None:
+    job = api.add_job(plan=["RUNNING", "COMPLETED"])
     first = hook.get_job_status(job.job_id)
     assert (first.state, first.terminal) == ("RUNNING", False)
     second = hook.get_job_status(job.job_id)
@@ -136,13 +143,13 @@ def test_job_status_and_metadata(hook: HpcHook, fake_api: FakeHpcApi) -> None:
     assert meta.standard_output == f"slurm-{job.job_id}.out"
 
 
-def test_list_jobs_filters_by_exact_name_newest_first(hook: HpcHook, fake_api: FakeHpcApi) -> None:
-    fake_api.add_job("a")
-    fake_api.add_job("a-b")
-    newest = fake_api.add_job("a")
+def test_list_jobs_filters_by_exact_name_newest_first(hook: HpcHook, api: RealApi) -> None:
+    api.add_job("a")
+    api.add_job("a-b")
+    newest = api.add_job("a")
     jobs = hook.list_jobs(name="a", time_window="7d")
     assert [j.job_id for j in jobs] == [newest.job_id, "1000"]
-    assert fake_api.calls("GET", "/jobs$")[0].url.params["time_window"] == "7d"
+    assert api.calls("GET", "/jobs$")[0].url.params["time_window"] == "7d"
 
 
 @pytest.mark.parametrize(
@@ -195,7 +202,7 @@ def test_summary_of_an_array_is_the_servers_record_as_it_comes() -> None:
     assert (plain.state, plain.tasks, plain.task_states) == ("COMPLETED", 1, None)
 
 
-def test_error_body_and_not_found(hook: HpcHook, fake_api: FakeHpcApi) -> None:
+def test_error_body_and_not_found(hook: HpcHook, api: RealApi) -> None:
     with pytest.raises(HpcNotFoundError, match="Job not found") as info:
         hook.get_job("424242")
     assert info.value.status_code == 404 and info.value.error_type == "error"
@@ -205,12 +212,12 @@ def test_error_body_and_not_found(hook: HpcHook, fake_api: FakeHpcApi) -> None:
 
 
 def test_retries_5xx_with_backoff_then_succeeds(
-    hook: HpcHook, fake_api: FakeHpcApi, sleeps: list[float]
+    hook: HpcHook, api: RealApi, sleeps: list[float]
 ) -> None:
-    job = fake_api.add_job()
-    fake_api.inject("GET", "/jobs/", httpx.Response(502), httpx.Response(503), httpx.Response(500))
+    job = api.add_job()
+    api.inject("GET", "/jobs/", httpx.Response(502), httpx.Response(503), httpx.Response(500))
     assert hook.get_job_status(job.job_id).state == "PENDING"
-    assert len(fake_api.calls("GET", "/jobs/")) == 4
+    assert len(api.calls("GET", "/jobs/")) == 4
     # equal jitter: attempt n waits between step/2 and step, step = 0.5 * 2**n
     assert len(sleeps) == 3
     for attempt, slept in enumerate(sleeps):
@@ -218,8 +225,8 @@ def test_retries_5xx_with_backoff_then_succeeds(
         assert step / 2 <= slept <= step
 
 
-def test_retry_after_is_honoured(hook: HpcHook, fake_api: FakeHpcApi, sleeps: list[float]) -> None:
-    fake_api.inject(
+def test_retry_after_is_honoured(hook: HpcHook, api: RealApi, sleeps: list[float]) -> None:
+    api.inject(
         "GET",
         "/status/systems",
         httpx.Response(429, headers={"Retry-After": "7"}),
@@ -238,19 +245,17 @@ def test_retry_after_http_date() -> None:
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 408, 413, 422, 424])
-def test_never_retries_4xx(
-    hook: HpcHook, fake_api: FakeHpcApi, sleeps: list[float], status: int
-) -> None:
-    fake_api.inject("GET", "/status/systems", httpx.Response(status, json={"message": "no"}))
+def test_never_retries_4xx(hook: HpcHook, api: RealApi, sleeps: list[float], status: int) -> None:
+    api.inject("GET", "/status/systems", httpx.Response(status, json={"message": "no"}))
     with pytest.raises(HpcApiError) as info:
         hook.list_systems()
     assert info.value.status_code == status
-    assert len(fake_api.calls("GET", "/status/systems")) == 1 and sleeps == []
+    assert len(api.calls("GET", "/status/systems")) == 1 and sleeps == []
 
 
-def test_gives_up_after_max_retries(fake_api: FakeHpcApi, sleeps: list[float]) -> None:
+def test_gives_up_after_max_retries(api: RealApi, sleeps: list[float]) -> None:
     hook = HpcHook(retry=RetryPolicy(max_retries=2))
-    fake_api.inject("GET", "/status/systems", *[httpx.Response(503)] * 3)
+    api.inject("GET", "/status/systems", *[httpx.Response(503)] * 3)
     with pytest.raises(HpcApiError) as info:
         hook.list_systems()
     assert info.value.status_code == 503 and info.value.transient
@@ -258,23 +263,23 @@ def test_gives_up_after_max_retries(fake_api: FakeHpcApi, sleeps: list[float]) -
 
 
 def test_submission_is_not_retried_when_the_server_may_have_acted(
-    hook: HpcHook, fake_api: FakeHpcApi, sleeps: list[float]
+    hook: HpcHook, api: RealApi, sleeps: list[float]
 ) -> None:
     spec = JobSpec(working_directory="/w", script="x")
-    fake_api.inject("POST", "/jobs$", httpx.Response(500))
+    api.inject("POST", "/jobs$", httpx.Response(500))
     with pytest.raises(HpcApiError):
         hook.submit_job(spec)
-    fake_api.inject("POST", "/jobs$", httpx.ReadTimeout("slow"))
+    api.inject("POST", "/jobs$", httpx.ReadTimeout("slow"))
     with pytest.raises(HpcConnectionError):
         hook.submit_job(spec)
-    assert len(fake_api.submissions) == 2 and sleeps == []
+    assert len(api.submissions) == 2 and sleeps == []
 
 
 def test_submission_is_retried_when_the_server_did_not_act(
-    hook: HpcHook, fake_api: FakeHpcApi, sleeps: list[float]
+    hook: HpcHook, api: RealApi, sleeps: list[float]
 ) -> None:
     spec = JobSpec(working_directory="/w", script="x")
-    fake_api.inject(
+    api.inject(
         "POST",
         "/jobs$",
         httpx.ConnectError("refused"),
@@ -282,23 +287,23 @@ def test_submission_is_retried_when_the_server_did_not_act(
         httpx.Response(503),
     )
     assert hook.submit_job(spec) == "1000"
-    assert len(fake_api.submissions) == 4 and len(sleeps) == 3
+    assert len(api.submissions) == 4 and len(sleeps) == 3
 
 
 def test_idempotent_requests_retry_on_read_timeout(
-    hook: HpcHook, fake_api: FakeHpcApi, sleeps: list[float]
+    hook: HpcHook, api: RealApi, sleeps: list[float]
 ) -> None:
-    fake_api.inject("GET", "/status/systems", httpx.ReadTimeout("slow"))
+    api.inject("GET", "/status/systems", httpx.ReadTimeout("slow"))
     assert hook.list_systems()[0].name == SYSTEM
     assert len(sleeps) == 1
 
 
 async def test_async_side_retries_and_reads_connection_async(
-    fake_api: FakeHpcApi, sleeps: list[float]
+    api: RealApi, sleeps: list[float]
 ) -> None:
     hook = HpcHook()
-    job = fake_api.add_job(plan=["COMPLETED"])
-    fake_api.inject("GET", "/jobs/", httpx.Response(503, headers={"Retry-After": "2"}))
+    job = api.add_job(plan=["COMPLETED"])
+    api.inject("GET", "/jobs/", httpx.Response(503, headers={"Retry-After": "2"}))
     try:
         summary = await hook.aget_job_status(job.job_id)
     finally:
@@ -311,107 +316,118 @@ async def test_async_side_retries_and_reads_connection_async(
 # ---------------------------------------------------------------------- OAuth2
 
 
-def test_oauth2_token_is_cached_across_hooks(fake_api: FakeHpcApi) -> None:
+def test_oauth2_token_is_cached_across_hooks(api: RealApi) -> None:
     first, second = HpcHook("hpc_oauth"), HpcHook("hpc_oauth")
     first.list_systems()
     first.list_systems()
     second.list_systems()
-    assert fake_api.tokens_issued == 1
-    token_request = fake_api.requests[0]
+    assert api.transport.tokens_issued == 1
+    token_request = api.requests[0]
     assert token_request.url.path == "/token"
     assert b"grant_type=client_credentials" in token_request.content
-    assert fake_api.requests[-1].headers["Authorization"] == "Bearer oauth-token-1"
+    assert api.requests[-1].headers["Authorization"] == f"Bearer {api.transport.issued[0]}"
 
 
-def test_oauth2_refreshes_before_expiry(
-    fake_api: FakeHpcApi, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake_api.token_lifetime = 300  # refresh margin: min(60, 30) = 30 s before expiry
+def test_oauth2_refreshes_before_expiry(api: RealApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    api.transport.token_lifetime = 300  # refresh margin: min(60, 30) = 30 s before expiry
     hook = HpcHook("hpc_oauth")
     hook.list_systems()
     real_time = time.time
-    monkeypatch.setattr(time, "time", lambda: real_time() + 265)
+    # the provider's clock moves on; the server's (and the IdP's) stays real
+    monkeypatch.setattr(auth_module, "time", SimpleNamespace(time=lambda: real_time() + 265))
     hook.list_systems()
-    assert fake_api.tokens_issued == 1
-    monkeypatch.setattr(time, "time", lambda: real_time() + 275)
+    assert api.transport.tokens_issued == 1
+    monkeypatch.setattr(auth_module, "time", SimpleNamespace(time=lambda: real_time() + 275))
     hook.list_systems()
-    assert fake_api.tokens_issued == 2
-    assert fake_api.requests[-1].headers["Authorization"] == "Bearer oauth-token-2"
+    assert api.transport.tokens_issued == 2
+    assert api.requests[-1].headers["Authorization"] == f"Bearer {api.transport.issued[1]}"
 
 
-def test_oauth2_revoked_token_is_replaced_once(fake_api: FakeHpcApi) -> None:
+def test_oauth2_revoked_token_is_replaced_once(api: RealApi) -> None:
     hook = HpcHook("hpc_oauth")
     hook.list_systems()
-    fake_api.valid_tokens.discard("oauth-token-1")
+    api.transport.revoked.add(api.transport.issued[0])
     hook.list_systems()
-    assert fake_api.tokens_issued == 2
-    fake_api.inject("GET", "/status/systems", httpx.Response(401), httpx.Response(401))
+    assert api.transport.tokens_issued == 2
+    api.inject("GET", "/status/systems", httpx.Response(401), httpx.Response(401))
     with pytest.raises(HpcApiError) as info:
         hook.list_systems()
-    assert info.value.status_code == 401 and fake_api.tokens_issued == 3
+    assert info.value.status_code == 401 and api.transport.tokens_issued == 3
 
 
 def test_oauth2_refused_without_leaking_the_secret(
-    fake_api: FakeHpcApi, monkeypatch: pytest.MonkeyPatch
+    api: RealApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(
         "AIRFLOW_CONN_HPC_BAD",
-        '{"conn_type": "hpc", "host": "http://hpc.test", "extra": {"token_url": '
-        '"https://idp.test/token", "client_id": "airflow", "client_secret": "wrong-secret"}}',
+        json.dumps(
+            {
+                "conn_type": "hpc",
+                "host": api.url,
+                "extra": {
+                    "token_url": TOKEN_URL,
+                    "client_id": "airflow",
+                    "client_secret": "wrong-secret",
+                },
+            }
+        ),
     )
     with pytest.raises(HpcAuthError) as info:
         HpcHook("hpc_bad").list_systems()
     assert "invalid_client" in str(info.value) and "wrong-secret" not in str(info.value)
 
 
-async def test_oauth2_async_fetches_one_token_for_concurrent_callers(fake_api: FakeHpcApi) -> None:
+async def test_oauth2_async_fetches_one_token_for_concurrent_callers(api: RealApi) -> None:
     import asyncio
 
     hooks = [HpcHook("hpc_oauth") for _ in range(5)]
     try:
-        await asyncio.gather(*(h.aget_job_status(fake_api.add_job().job_id) for h in hooks))
+        await asyncio.gather(*(h.aget_job_status(api.add_job().job_id) for h in hooks))
     finally:
         for h in hooks:
             await h.aclose()
-    assert fake_api.tokens_issued == 1
+    assert api.transport.tokens_issued == 1
     TOKEN_CACHE.clear()
 
 
 # ---------------------------------------------------------------------- test_connection, files
 
 
-def test_test_connection(hook: HpcHook, fake_api: FakeHpcApi) -> None:
+def test_test_connection(hook: HpcHook, api: RealApi) -> None:
     ok, message = hook.test_connection()
     assert ok and SYSTEM in message
     ok, message = HpcHook(system="elsewhere").test_connection()
     assert not ok and "elsewhere" in message
-    fake_api.inject("GET", "/status/systems", httpx.Response(403, json={"message": "forbidden"}))
+    api.inject("GET", "/status/systems", httpx.Response(403, json={"message": "forbidden"}))
     ok, message = hook.test_connection()
     assert not ok and "forbidden" in message
 
 
-def test_upload_and_download_stream(hook: HpcHook, fake_api: FakeHpcApi) -> None:
+def test_upload_and_download_stream(hook: HpcHook, api: RealApi) -> None:
     payload = bytes(range(256)) * 1000
     hook.upload("/scratch/hpcuser/in.bin", io.BytesIO(payload))
-    assert fake_api.files["/scratch/hpcuser/in.bin"] == payload
+    assert api.files["/scratch/hpcuser/in.bin"] == payload
     sink, hasher = io.BytesIO(), hashlib.sha256()
     size = hook.download("/scratch/hpcuser/in.bin", sink, hasher=hasher, chunk_size=4096)
     assert size == len(payload) and sink.getvalue() == payload
     assert hasher.hexdigest() == hook.checksum("/scratch/hpcuser/in.bin").checksum
-    assert hook.exists("/scratch/hpcuser/in.bin") and not hook.exists("/nope")
+    assert hook.exists("/scratch/hpcuser/in.bin") and not hook.exists(f"{HOME}/nope")
+    with pytest.raises(HpcApiError) as outside:  # the server's path policy
+        hook.exists("/nope")
+    assert outside.value.status_code == 403
 
 
-def test_upload_rewinds_on_retry(hook: HpcHook, fake_api: FakeHpcApi) -> None:
-    fake_api.inject("POST", "ops/upload", httpx.Response(503))
+def test_upload_rewinds_on_retry(hook: HpcHook, api: RealApi) -> None:
+    api.inject("POST", "ops/upload", httpx.Response(503))
     hook.upload("/scratch/hpcuser/a.txt", io.BytesIO(b"hello"))
-    assert fake_api.files["/scratch/hpcuser/a.txt"] == b"hello"
+    assert api.files["/scratch/hpcuser/a.txt"] == b"hello"
 
 
 def test_wait_for_job_tolerates_transient_errors(
-    hook: HpcHook, fake_api: FakeHpcApi, sleeps: list[float]
+    hook: HpcHook, api: RealApi, sleeps: list[float]
 ) -> None:
-    job = fake_api.add_job(plan=["RUNNING", "COMPLETED"])
-    fake_api.inject("GET", "/jobs/", *[httpx.Response(503)] * 6)  # one call's worth of retries
+    job = api.add_job(plan=["RUNNING", "COMPLETED"])
+    api.inject("GET", "/jobs/", *[httpx.Response(503)] * 6)  # one call's worth of retries
     seen: list[str] = []
     summary = hook.wait_for_job(job.job_id, poll_interval=5, on_poll=lambda s: seen.append(s.state))
     assert summary.succeeded and seen == ["RUNNING", "COMPLETED"]
@@ -427,12 +443,12 @@ def test_error_budget() -> None:
     assert ErrorBudget().allows(HpcConnectionError("down"), now=0)
 
 
-def test_malformed_answers_are_errors_not_crashes(hook: HpcHook, fake_api: FakeHpcApi) -> None:
-    fake_api.inject("GET", "/jobs/", httpx.Response(200, text="<html>proxy</html>"))
+def test_malformed_answers_are_errors_not_crashes(hook: HpcHook, api: RealApi) -> None:
+    api.inject("GET", "/jobs/", httpx.Response(200, text="<html>proxy</html>"))
     with pytest.raises(HpcApiError, match="unexpected answer") as info:
         hook.get_job("1")
     assert not info.value.transient
-    fake_api.inject("POST", "/jobs$", httpx.Response(201, json={"id": "x"}))
+    api.inject("POST", "/jobs$", httpx.Response(201, json={"id": "x"}))
     with pytest.raises(HpcApiError, match="unexpected answer"):
         hook.submit_job(JobSpec(working_directory="/w", script="x"))
 

@@ -14,32 +14,32 @@ from airflow_provider_hpc.sensors.job import HpcJobSensor
 from airflow_provider_hpc.triggers.files import HpcFileTrigger
 from airflow_provider_hpc.triggers.job import HpcJobTrigger
 from tests.provider.conftest import make_context
-from tests.provider.fakeapi import SYSTEM, FakeHpcApi
+from tests.provider.realapi import SYSTEM, RealApi
 
 
 def job_sensor(job_id: Any, **kw: Any) -> HpcJobSensor:
     return HpcJobSensor(task_id="wait", job_id=job_id, poke_interval=1, timeout=60, **kw)
 
 
-def test_job_sensor_pokes(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["RUNNING", "COMPLETED"])
+def test_job_sensor_pokes(api: RealApi) -> None:
+    job = api.add_job(plan=["RUNNING", "COMPLETED"])
     sensor = job_sensor({"job_id": job.job_id})
     assert not sensor.poke(make_context()).is_done
     done = sensor.poke(make_context())
     assert done.is_done and done.xcom_value["state"] == "COMPLETED"
 
 
-def test_job_sensor_fails_on_a_failed_job_and_waits_through_errors(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["NODE_FAIL"], exit_code=1)
-    fake_api.inject("GET", "/jobs/", *[httpx.Response(502)] * 6)
+def test_job_sensor_fails_on_a_failed_job_and_waits_through_errors(api: RealApi) -> None:
+    job = api.add_job(plan=["NODE_FAIL"], exit_code=1)
+    api.inject("GET", "/jobs/", *[httpx.Response(502)] * 6)
     sensor = job_sensor(job.job_id)
     assert not sensor.poke(make_context()).is_done  # transient: not yet
     with pytest.raises(HpcJobError, match="NODE_FAIL"):
         sensor.poke(make_context())
 
 
-def test_job_sensor_defers_without_owning_the_job(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["PENDING"])
+def test_job_sensor_defers_without_owning_the_job(api: RealApi) -> None:
+    job = api.add_job(plan=["PENDING"])
     with pytest.raises(TaskDeferred) as info:
         job_sensor(job.job_id, deferrable=True).execute(make_context())
     trigger = info.value.trigger
@@ -47,7 +47,7 @@ def test_job_sensor_defers_without_owning_the_job(fake_api: FakeHpcApi) -> None:
     assert trigger.cancel_on_kill is False and trigger.poll_interval == 1.0
 
 
-def test_job_sensor_resumes(fake_api: FakeHpcApi) -> None:
+def test_job_sensor_resumes(api: RealApi) -> None:
     sensor = job_sensor("5", deferrable=True)
     ok = {
         "status": "success",
@@ -67,14 +67,14 @@ def test_job_sensor_resumes(fake_api: FakeHpcApi) -> None:
         )
 
 
-def test_file_sensor_pokes_and_defers(fake_api: FakeHpcApi) -> None:
+def test_file_sensor_pokes_and_defers(api: RealApi) -> None:
     sensor = HpcFileSensor(task_id="f", path="/scratch/hpcuser/out.dat", deferrable=True, timeout=5)
     assert sensor.poke(make_context()) is False
     with pytest.raises(TaskDeferred) as info:
         sensor.execute(make_context())
     assert isinstance(info.value.trigger, HpcFileTrigger)
     assert info.value.trigger.path == "/scratch/hpcuser/out.dat"
-    fake_api.files["/scratch/hpcuser/out.dat"] = b"1"
+    api.files["/scratch/hpcuser/out.dat"] = b"1"
     assert sensor.poke(make_context()) is True
     assert sensor.execute(make_context()) is None  # found on the first poke: no deferral
     with pytest.raises(AirflowSensorTimeout):

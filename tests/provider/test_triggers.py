@@ -11,7 +11,7 @@ from airflow.sdk.module_loading import import_string
 
 from airflow_provider_hpc.triggers.files import HpcFileTrigger
 from airflow_provider_hpc.triggers.job import HpcJobTrigger
-from tests.provider.fakeapi import SYSTEM, FakeHpcApi
+from tests.provider.realapi import SYSTEM, RealApi
 
 
 async def collect(trigger: Any) -> list[dict[str, Any]]:
@@ -40,8 +40,8 @@ def test_serialize_round_trip() -> None:
     assert import_string(file_classpath)(**file_kwargs).serialize() == (file_classpath, file_kwargs)
 
 
-async def test_run_yields_one_success_event(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["PENDING", "PENDING", "RUNNING", "COMPLETED"])
+async def test_run_yields_one_success_event(api: RealApi) -> None:
+    job = api.add_job(plan=["PENDING", "PENDING", "RUNNING", "COMPLETED"])
     events = await collect(job_trigger(job.job_id))
     assert events == [
         {
@@ -54,86 +54,85 @@ async def test_run_yields_one_success_event(fake_api: FakeHpcApi) -> None:
             "message": "",
         }
     ]
-    assert fake_api.cancels == []
+    assert api.cancels == []
 
 
-async def test_run_reports_failure_with_state_and_exit_code(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["RUNNING", "OUT_OF_MEMORY"], exit_code=137)
+async def test_run_reports_failure_with_state_and_exit_code(api: RealApi) -> None:
+    job = api.add_job(plan=["RUNNING", "OUT_OF_MEMORY"], exit_code=137)
     [event] = await collect(job_trigger(job.job_id))
     assert (event["status"], event["state"], event["exit_code"]) == ("failed", "OUT_OF_MEMORY", 137)
 
 
-async def test_run_times_out_at_the_absolute_deadline(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["RUNNING"])
+async def test_run_times_out_at_the_absolute_deadline(api: RealApi) -> None:
+    job = api.add_job(plan=["RUNNING"])
     [event] = await collect(job_trigger(job.job_id, deadline=time.time() + 0.05))
     assert event["status"] == "timeout" and event["state"] == "RUNNING"
-    assert fake_api.cancels == []  # the operator decides what a timeout means
+    assert api.cancels == []  # the operator decides what a timeout means
 
 
-async def test_run_tolerates_transient_errors(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["RUNNING", "COMPLETED"])
+async def test_run_tolerates_transient_errors(api: RealApi) -> None:
+    job = api.add_job(plan=["RUNNING", "COMPLETED"])
     # 6 x 503 exhausts one request's retries; then a 424 (cluster unreachable) and a timeout.
-    fake_api.inject("GET", "/jobs/", *[httpx.Response(503)] * 6, httpx.Response(424))
-    fake_api.inject("GET", "/jobs/", httpx.ConnectError("down"))
+    api.inject("GET", "/jobs/", *[httpx.Response(503)] * 6, httpx.Response(424))
+    api.inject("GET", "/jobs/", httpx.ConnectError("down"))
     [event] = await collect(job_trigger(job.job_id))
     assert event["status"] == "success"
 
 
-async def test_run_gives_up_on_persistent_or_permanent_errors(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["RUNNING"])
-    fake_api.inject("GET", "/jobs/", httpx.Response(403, json={"message": "not yours"}))
+async def test_run_gives_up_on_persistent_or_permanent_errors(api: RealApi) -> None:
+    job = api.add_job(plan=["RUNNING"])
+    api.inject("GET", "/jobs/", httpx.Response(403, json={"message": "not yours"}))
     [event] = await collect(job_trigger(job.job_id))
     assert event["status"] == "error" and "not yours" in event["message"]
-    fake_api.inject("GET", "/jobs/", *[httpx.Response(424)] * 50)
+    api.inject("GET", "/jobs/", *[httpx.Response(424)] * 50)
     [event] = await collect(job_trigger(job.job_id, error_window=0.01))
     assert event["status"] == "error"
 
 
-async def test_not_found_is_tolerated_only_during_the_grace(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["COMPLETED"])
-    fake_api.inject("GET", "/jobs/", httpx.Response(404, json={"message": "Job not found"}))
+async def test_not_found_is_tolerated_only_during_the_grace(api: RealApi) -> None:
+    job = api.add_job(plan=["COMPLETED"])
+    api.inject("GET", "/jobs/", httpx.Response(404, json={"message": "Job not found"}))
     [event] = await collect(job_trigger(job.job_id, not_found_until=time.time() + 60))
     assert event["status"] == "success"
     [event] = await collect(job_trigger("99999"))
     assert event["status"] == "error" and "Job not found" in event["message"]
 
 
-async def test_run_twice_is_harmless(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["RUNNING", "COMPLETED"])
+async def test_run_twice_is_harmless(api: RealApi) -> None:
+    job = api.add_job(plan=["RUNNING", "COMPLETED"])
     first = await collect(job_trigger(job.job_id))
     second = await collect(job_trigger(job.job_id))
     assert first == second and first[0]["status"] == "success"
-    assert fake_api.submissions == [] and fake_api.cancels == []
+    assert api.submissions == [] and api.cancels == []
 
 
-async def test_on_kill_cancels_the_job(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["RUNNING"])
+async def test_on_kill_cancels_the_job(api: RealApi) -> None:
+    job = api.add_job(plan=["RUNNING"])
     await job_trigger(job.job_id).on_kill()
-    assert len(fake_api.cancels) == 1 and job.state == "CANCELLED"
+    assert len(api.cancels) == 1 and job.state == "CANCELLED"
 
 
-async def test_on_kill_of_a_sensor_trigger_and_cleanup_never_cancel(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["RUNNING"])
+async def test_on_kill_of_a_sensor_trigger_and_cleanup_never_cancel(api: RealApi) -> None:
+    job = api.add_job(plan=["RUNNING"])
     await job_trigger(job.job_id, cancel_on_kill=False).on_kill()
     await job_trigger(job.job_id).cleanup()
-    assert fake_api.cancels == [] and job.state == "RUNNING"
+    assert api.cancels == [] and job.state == "RUNNING"
 
 
-async def test_on_kill_of_a_finished_job_is_quiet(fake_api: FakeHpcApi) -> None:
-    job = fake_api.add_job(plan=["COMPLETED"])
-    await job_trigger(job.job_id).on_kill()  # 400 "already finished": logged, not raised
+async def test_on_kill_of_a_finished_job_is_quiet(api: RealApi) -> None:
+    job = api.add_job(plan=["COMPLETED"])
+    await job_trigger(job.job_id).on_kill()  # nothing to cancel: not an error
     await job_trigger("4040").on_kill()  # 404
-    assert len(fake_api.cancels) == 2
+    assert len(api.cancels) == 2
 
 
-async def test_file_trigger_waits_for_the_path(fake_api: FakeHpcApi) -> None:
+async def test_file_trigger_waits_for_the_path(api: RealApi) -> None:
     path = "/scratch/hpcuser/ready.flag"
 
-    def create_on_third_stat(request: httpx.Request) -> httpx.Response:
-        fake_api.files[path] = b"ok"
-        return fake_api.handle(request)
+    def create_on_third_stat(request: httpx.Request) -> None:
+        api.files[path] = b"ok"  # then the server answers
 
-    fake_api.inject(
+    api.inject(
         "GET",
         "ops/stat",
         httpx.Response(404, json={"message": "No such file or directory"}),
@@ -145,15 +144,17 @@ async def test_file_trigger_waits_for_the_path(fake_api: FakeHpcApi) -> None:
     assert event == {"status": "success", "path": path, "system": SYSTEM, "size": 2, "message": ""}
 
 
-async def test_file_trigger_timeout(fake_api: FakeHpcApi) -> None:
-    trigger = HpcFileTrigger(path="/nope", system=SYSTEM, poll_interval=0.001, deadline=time.time())
+async def test_file_trigger_timeout(api: RealApi) -> None:
+    trigger = HpcFileTrigger(
+        path="/scratch/hpcuser/nope", system=SYSTEM, poll_interval=0.001, deadline=time.time()
+    )
     [event] = await collect(trigger)
     assert event["status"] == "timeout"
 
 
 @pytest.mark.parametrize("conn_id", ["hpc_default", "hpc_oauth"])
 async def test_trigger_uses_async_connection_lookup(
-    fake_api: FakeHpcApi, conn_id: str, monkeypatch: pytest.MonkeyPatch
+    api: RealApi, conn_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow_provider_hpc.hooks.hpc import HpcHook
 
@@ -161,13 +162,17 @@ async def test_trigger_uses_async_connection_lookup(
         raise AssertionError("sync connection lookup inside a trigger")
 
     monkeypatch.setattr(HpcHook, "get_connection", classmethod(no_sync_lookup))
-    job = fake_api.add_job(plan=["COMPLETED"])
-    [event] = await collect(HpcJobTrigger(job_id=job.job_id, system=SYSTEM, hpc_conn_id=conn_id))
+    job = api.add_job(plan=["COMPLETED"])
+    # poll_interval: this server has job events disabled (a 400), so the trigger polls
+    trigger = HpcJobTrigger(
+        job_id=job.job_id, system=SYSTEM, hpc_conn_id=conn_id, poll_interval=0.001
+    )
+    [event] = await collect(trigger)
     assert event["status"] == "success"
 
 
 async def test_unexpected_errors_become_one_error_event(
-    fake_api: FakeHpcApi, monkeypatch: pytest.MonkeyPatch
+    api: RealApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("bug")

@@ -11,8 +11,10 @@ null) that
 * every query parameter, header and body field the provider sends is one the server
   declares, every field the server requires is sent, of a type the server accepts.
 
-``tests/provider/fakeapi.py`` builds its answers from the server's own models, and its
-routes are checked here against the server's paths, so the fake cannot drift either.
+The provider's unit tests run through the real server application (``realapi.py``); the
+one fake left, ``tests/provider/fakeapi.py`` (the job-event stream, for the hub's tests),
+builds its answers from the server's own models, and its routes and answers are checked
+here against the server's, so it cannot drift either.
 No site is needed: the app is created (never started) from a minimal configuration.
 """
 
@@ -449,7 +451,6 @@ def test_the_fakes_answers_are_the_servers(openapi: Schema, name: str) -> None:
     fake = FakeHpcApi()
     fake.next_id = int(JOB)
     fake.add_job()
-    fake.files[PATH] = b"data\n"
     files = {"file": ("f.txt", b"data\n")} if name == "upload" else None
     request = httpx.Client(base_url=BASE_URL).build_request(
         call.method,

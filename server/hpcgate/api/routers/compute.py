@@ -65,7 +65,7 @@ def _watcher(ctx: SystemContext) -> JobWatcher | None:
 def _require_watcher(ctx: SystemContext) -> JobWatcher:
     watcher = _watcher(ctx)
     if watcher is None:
-        raise errors.BadRequest(f"Job events are disabled on system '{ctx.name}'")
+        raise errors.NotFound(f"Job events are disabled on system '{ctx.name}'")
     return watcher
 
 
