@@ -16,6 +16,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from hpcgate.api.dependencies import FilesystemDep
+from hpcgate.api.edge import MULTIPART_OVERHEAD
 from hpcgate.api.routers.params import QueryBool, QueryInt
 from hpcgate.errors import PayloadTooLarge
 from hpcgate.filesystem.base import ReadStream
@@ -25,8 +26,6 @@ from hpcgate.filesystem.paths import join, validate_filename
 from hpcgate.wire import WireModel
 
 router = APIRouter(prefix="/filesystem/{system_name}/ops", tags=["filesystem"])
-
-_MULTIPART_OVERHEAD = 64 * 1024
 
 
 # -- query parameters: pyfirecrest sends unset values as empty strings -------------
@@ -274,7 +273,7 @@ async def upload(fs: FilesystemDep, request: Request, path: PathQuery) -> Respon
     directory = fs.policy.check(path)
     cap = fs.limits.max_ops_file_size
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap + _MULTIPART_OVERHEAD:
+    if declared.isdigit() and int(declared) > cap + MULTIPART_OVERHEAD:
         raise PayloadTooLarge(
             f"The upload exceeds the direct upload limit of {cap} bytes; use transfer/upload"
         )
