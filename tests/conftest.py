@@ -19,6 +19,7 @@ import asyncssh
 import pytest
 
 import tests.site
+from tests.private_site import private_server, private_site  # noqa: F401  (fixtures)
 from tests.server import ApiServer, start_server
 from tests.site import SiteEnv, ensure_site_up
 

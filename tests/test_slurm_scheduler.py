@@ -337,6 +337,35 @@ async def test_submit_answers_for_no_job_id() -> None:
         await scheduler.submit(Refusing(), describe(script="#!/bin/bash\n#SBATCH --test-only\n"))
 
 
+class ByProgram:
+    """A runner answering each program (argv's first non-``env`` word) its own result."""
+
+    username = "u"
+
+    def __init__(self, **results: CommandResult) -> None:
+        self.results = results
+
+    async def run(self, argv: Sequence[str], **_: object) -> CommandResult:
+        program = next(word for word in argv if word != "env" and "=" not in word)
+        return self.results[program.rsplit("/", 1)[-1]]
+
+
+async def test_a_stamp_lookup_without_accounting_is_unknown_not_none() -> None:
+    """With slurmdbd down and nothing in the controller, the lookup must not say
+    "no such job": the controller may have forgotten it, and a retry would submit twice."""
+    scheduler = SlurmScheduler()
+    down = CommandResult(
+        1, "", "sacct: error: Problem talking to the database: Connection refused\n"
+    )
+    forgotten = ByProgram(squeue=CommandResult(0, "", ""), sacct=down)
+    with pytest.raises(errors.ServiceUnavailable, match="slurmdbd"):
+        await scheduler.jobs_with_comment(forgotten, "hpcgate-stamp", since=0)
+    # the controller still holds it: that answer is certain without accounting
+    row = "".join(f"{field}{S}" for field in ("41", "41", "hpcgate-stamp")) + "\n"
+    held = ByProgram(squeue=CommandResult(0, row, ""), sacct=down)
+    assert await scheduler.jobs_with_comment(held, "hpcgate-stamp", since=0) == ["41"]
+
+
 async def test_sbatch_path_comes_from_configuration() -> None:
     scheduler = SlurmScheduler(SchedulerSettings(sbatch_path="/opt/slurm/bin/sbatch"))
     runner = Answering("12\n", "")

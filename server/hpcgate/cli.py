@@ -97,7 +97,12 @@ def local_site_config(site: dict[str, str], key_dir: Path) -> dict[str, object]:
                 # looked up as the service user, never in the caller's own shell
                 "accounts": {"source": "service", "min_uid": 1000, "max_uid": 60000},
                 "filesystems": [
-                    {"path": f"{fs_root}/home", "data_type": "users", "default_work_dir": True},
+                    {
+                        # a second site on the host shares the first one's homes
+                        "path": site.get("HPC_SITE_HOME_ROOT", f"{fs_root}/home"),
+                        "data_type": "users",
+                        "default_work_dir": True,
+                    },
                     {"path": f"{fs_root}/scratch", "data_type": "scratch"},
                     {"path": f"{fs_root}/project", "data_type": "project"},
                 ],

@@ -29,6 +29,7 @@ from hpcgate.compute.idempotency import (
 from hpcgate.compute.scheduler.base import Scheduler
 from hpcgate.compute.scheduler.slurm import SlurmScheduler
 from hpcgate.compute.watcher import JobWatcher
+from hpcgate.compute.watcher.lease import coordinator_factory
 from hpcgate.config import FilesystemLimits, Settings, SystemSettings
 from hpcgate.errors import ClusterUnreachable
 from hpcgate.filesystem.base import Filesystem
@@ -116,6 +117,10 @@ def system_probes(
                     )
                 versions[system.name] = version or "unknown"
 
+    async def ping_accounting() -> None:
+        command_source.set("health")
+        await scheduler.ping_accounting(runner)
+
     def stat(path: str) -> Callable[[], Awaitable[None]]:
         async def check() -> None:
             command_source.set("health")
@@ -127,6 +132,13 @@ def system_probes(
     return [
         Probe("ssh", login, failure="login as the service identity failed"),
         Probe("scheduler", ping_scheduler, failure="the scheduler did not answer"),
+        Probe(
+            "accounting",
+            ping_accounting,
+            failure="the Slurm accounting daemon (slurmdbd) did not answer: job states "
+            "come from the controller alone, ended jobs' details wait",
+            critical=False,
+        ),
         *(
             Probe(
                 "filesystem",
@@ -220,12 +232,14 @@ class Services:
             timeout=settings.health.timeout_seconds,
             retry=settings.health.retry_seconds,
         )
+        coordinator = coordinator_factory(settings)
         watchers = {
             system.name: JobWatcher(
                 system,
                 schedulers[system.name],
                 functools.partial(pool.runner, system.name),
                 metrics=metrics,
+                coordinator=coordinator(system),
             )
             for system in settings.systems
             if system.watcher.enabled

@@ -77,6 +77,7 @@ def transfer_server(
 ) -> Iterator[TransferServer]:
     """A server for the local site in a thread, with ``transfer`` settings."""
     config = local_site_config(site_env.values, key_dir)
+    config.setdefault("state_dir", str(key_dir / "state"))
     config["health"] = {"interval_seconds": 3600}
     config["transfer"] = {
         "signing_key": SIGNING_KEY,

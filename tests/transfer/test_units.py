@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -18,8 +20,11 @@ from hpcgate.transfer import s3xml, scripts
 from hpcgate.transfer.multipart import RangeNotSatisfiable, parse_range
 from hpcgate.transfer.resumable import parse_metadata, target_and_digest
 from hpcgate.transfer.service import part_size_for
-from hpcgate.transfer.signing import Binding, UrlSigner
-from hpcgate.transfer.store import Download, MultipartUpload, TransferStore
+from hpcgate.transfer.sha256state import ResumableSha256
+from hpcgate.transfer.signing import KEY_FILE, Binding, UrlSigner, load_or_create_key
+from hpcgate.transfer.state import Instance
+from hpcgate.transfer.state_sqlite import SqliteTransferState
+from hpcgate.transfer.store import Download, MultipartUpload, Part, TransferStore
 
 NOW = 1_700_000_000.0
 NOW_INT = int(NOW)
@@ -202,35 +207,50 @@ def test_part_size_grows_to_fit_max_parts() -> None:
     assert part_size_for(config, 0) == 8 * 1024**2
 
 
-def test_store_expiry_limit_and_part_ranges() -> None:
+async def test_store_expiry_limit_and_part_ranges(tmp_path: Path) -> None:
     now = [NOW]
-    store = TransferStore(max_per_user=2, clock=lambda: now[0])
+    store = TransferStore(
+        SqliteTransferState(tmp_path / "t.sqlite3"), max_per_user=2, clock=lambda: now[0]
+    )
+    await store.open()
 
     def upload(name: str, user: str = "u") -> MultipartUpload:
         return MultipartUpload(
-            id=name, system="s", user=user, target="/t", size=20, expires_at=NOW + 10, part_size=8
-        )
+            id=name, system="s", user=user, target="/t", size=20, expires_at=NOW + 10,
+            part_size=8, state="open",
+        )  # fmt: skip
 
-    first = upload("1")
-    store.add(first)
-    store.add(upload("2"))
-    with pytest.raises(TooManyRequests) as refused:
-        store.add(upload("3"))
-    assert refused.value.status_code == 429 and refused.value.headers["Retry-After"] == "60"
-    assert "transfer.max_active_per_user" in refused.value.message
-    store.add(upload("4", user="other"))
-    for number in range(32):  # downloads have room of their own
-        store.add(Download(id=f"d{number}", system="s", user="u", target="/t", size=1,
-                           expires_at=NOW + 10))  # fmt: skip
-    with pytest.raises(TooManyRequests):
-        store.add(Download(id="d", system="s", user="u", target="/t", size=1, expires_at=NOW))
-    assert first.part_count == 3
-    assert [first.part_range(n) for n in (1, 2, 3)] == [(0, 8), (8, 8), (16, 4)]
-    assert store.get("1") is first
-    now[0] += 11
-    assert store.get("1") is None
-    assert {t.id for t in store.expired()} == {"1", "2", "4"} | {f"d{n}" for n in range(32)}
-    assert len(store) == 0
+    try:
+        first = upload("1")
+        await store.add(first)
+        await store.add(upload("2"))
+        with pytest.raises(TooManyRequests) as refused:
+            await store.add(upload("3"))
+        assert refused.value.status_code == 429 and refused.value.headers["Retry-After"] == "60"
+        assert "transfer.max_active_per_user" in refused.value.message
+        await store.add(upload("4", user="other"))
+        for number in range(32):  # downloads have room of their own
+            await store.add(Download(id=f"d{number}", system="s", user="u", target="/t",
+                                     size=1, expires_at=NOW + 10))  # fmt: skip
+        with pytest.raises(TooManyRequests):
+            await store.add(Download(id="d", system="s", user="u", target="/t", size=1,
+                                     expires_at=NOW))  # fmt: skip
+        assert first.part_count == 3
+        assert [first.part_range(n) for n in (1, 2, 3)] == [(0, 8), (8, 8), (16, 4)]
+        await store.set_part(first, 2, Part(8, "e" * 32))
+        got = await store.get("1")
+        assert isinstance(got, MultipartUpload) and got.record() == first.record()
+        assert got.parts == {2: Part(8, "e" * 32)}
+        # a completed upload frees its place
+        first.state = "completed"
+        await store.save(first, "state")
+        await store.add(upload("5"))
+        now[0] += 11
+        assert await store.get("1") is None
+        due = {t.id for t in await store.due(100)}
+        assert due == {"1", "2", "4", "5"} | {f"d{n}" for n in range(32)}
+    finally:
+        await store.close()
 
 
 NASTY = ["it's", 'a "b" $(touch pwned) `x` ;|&', "*", "-rf", "%s%n\\n", "ü ñ"]
@@ -305,3 +325,63 @@ def test_upload_job_script_waits_for_the_marker(tmp_path: Path) -> None:
     marker.write_text("failed: expired")
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
     assert done.returncode == 1 and "failed: expired" in done.stderr
+
+
+def test_signing_key_is_made_once_private_and_reused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    key = load_or_create_key(state)
+    path = state / KEY_FILE
+    assert len(key) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_key(state) == key
+    assert sorted(p.name for p in state.iterdir()) == [KEY_FILE]  # no temporary left
+    path.chmod(0o644)
+    with pytest.raises(RuntimeError, match="mode 0600"):
+        load_or_create_key(state)
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):  # never followed, never created through
+        load_or_create_key(state)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_sha256_state_survives_a_round_trip() -> None:
+    data = os.urandom(300_001)
+    for cut in (0, 1, 64, 65, 12_345, len(data)):
+        first = ResumableSha256()
+        first.update(data[:cut])
+        second = ResumableSha256.restore(first.state())
+        second.update(data[cut:])
+        assert second.digest() == hashlib.sha256(data).digest()
+    with pytest.raises(ValueError):
+        ResumableSha256.restore(b"\0" * 111)
+
+
+async def test_claims_of_a_dead_instance_count_for_nothing(tmp_path: Path) -> None:
+    backend = SqliteTransferState(tmp_path / "t.sqlite3")
+    await backend.open()
+    try:
+        gone = Instance("gone", "somewhere", 1, NOW)
+        alive = Instance("alive", "somewhere", 2, NOW)
+        for instance in (gone, alive):
+            await backend.beat(instance, 20)
+        record = MultipartUpload(
+            id="x", system="s", user="u", target="/t", size=1, expires_at=NOW + 60, state="open"
+        ).record()
+        assert await backend.insert(record, limit=1, now=NOW) is None
+
+        async def claim(slot: str, holder: str, instance: str, *blockers: str) -> str:
+            return await backend.claim(
+                "x", slot, holder, instance, blockers=blockers, open_only=True, dead={"gone"}
+            )
+
+        assert await claim("part:1", "h1", "gone", "part:1") == "ok"
+        assert await claim("part:1", "h2", "alive", "part:1") == "ok"  # the dead one's lapsed
+        assert await claim("part:1", "h3", "alive", "part:1") == "busy:part:1"
+        assert await claim("complete", "h4", "alive", "part:", "complete") == "busy:part:1"
+        await backend.release("x", "part:1", "h2")
+        assert await claim("complete", "h4", "alive", "part:", "complete") == "ok"
+        assert await claim("part:2", "h5", "alive", "part:2", "complete") == "busy:complete"
+        await backend.update("x", {"state": "completed"})
+        assert await claim("part:2", "h5", "alive", "part:2") == "closed"
+    finally:
+        await backend.close()

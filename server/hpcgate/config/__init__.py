@@ -20,6 +20,7 @@ from hpcgate.config.access import (
 from hpcgate.config.base import ConfigError
 from hpcgate.config.compute import IdempotencySettings, SchedulerSettings, WatcherSettings
 from hpcgate.config.filesystem import FilesystemLimits, FileSystemSettings, TransferSettings
+from hpcgate.config.jobpage import JobPageSettings
 from hpcgate.config.settings import (
     HealthSettings,
     MetricsSettings,
@@ -45,6 +46,7 @@ __all__ = [
     "HealthSettings",
     "HttpSettings",
     "IdempotencySettings",
+    "JobPageSettings",
     "MetricsSettings",
     "RateLimitSettings",
     "SchedulerSettings",

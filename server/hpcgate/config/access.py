@@ -154,6 +154,12 @@ class AuthSettings(Model):
     jwks_refresh_min_seconds: float = Field(
         30.0, ge=0, description="at most one JWKS refresh per this many seconds on unknown kid"
     )
+    verified_cache_size: int = Field(
+        4096,
+        ge=0,
+        le=1_000_000,
+        description="verified tokens remembered (by SHA-256) until they expire; 0: none",
+    )
 
     @field_validator("jwks_url")
     @classmethod
@@ -216,6 +222,11 @@ class HttpSettings(Model):
     )
     keep_alive_timeout_seconds: int = Field(
         5, ge=1, le=300, description="an idle keep-alive connection closes after this long"
+    )
+    protocol: Literal["httptools", "h11"] = Field(
+        "httptools",
+        description="the HTTP/1.1 parser of `hpcgate serve` (both bounded as above); "
+        "httptools costs a third of h11's CPU per request",
     )
 
 

@@ -40,6 +40,13 @@ class SchedulerSettings(Model):
         "its own PATH (never learned from a user's shell); Debian and RHEL packages "
         "install it in /usr/bin",
     )
+    sacct_path: str = Field(
+        "sacct",
+        max_length=4096,
+        pattern=r"^(?:/[^\s=\x00-\x1f\x7f]*|[A-Za-z0-9_.-]+)$",
+        description="sacct (accounting, slurmdbd) on the login node: a name looked up in "
+        "the calling identity's PATH, or an absolute path",
+    )
     max_list_window: int = Field(
         7 * 86400,
         ge=3600,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from pydantic import (
@@ -65,13 +65,33 @@ class TransferSettings(Model):
     """The transfer/* endpoints: job logs, signed URLs, multipart and resumable uploads.
 
     ``signing_key`` signs the URLs that transfer/upload and transfer/download hand
-    out (HMAC-SHA256). Without one, a random key is generated at start: URLs then
-    stop working when the server restarts, and every server process behind one
-    address needs the same configured key. The key is never logged.
+    out (HMAC-SHA256). Without one, a key is made once into the state directory
+    (reused after restarts); every server process behind one address needs the same
+    configured key. The key is never logged.
     """
 
     signing_key: SecretStr | None = Field(
-        None, min_length=32, description="HMAC key for signed transfer URLs (random if unset)"
+        None,
+        min_length=32,
+        description="HMAC key for signed transfer URLs (unset: made once into "
+        "<state_dir>/transfer-signing.key, 0600; replicas need this one set)",
+    )
+    store: Literal["auto", "sqlite", "redis"] = Field(
+        "auto",
+        description="where unfinished transfers are kept: sqlite (one server), redis "
+        "(replicas; the idempotency.redis_url connection), auto: redis when "
+        "idempotency.backend is redis",
+    )
+    store_path: Path | None = Field(
+        None, description="SQLite file (default: <state_dir>/transfers.sqlite3)"
+    )
+    redis_key_prefix: str = Field("hpcgate:xfer:", min_length=1, max_length=64)
+    reap_interval_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="how often expired and orphaned transfers are cleaned up (jobs "
+        "cancelled, temporary files removed); also once at start",
     )
     public_url: str | None = Field(
         None,

@@ -28,6 +28,7 @@ from hpcgate.config.access import (
 from hpcgate.config.base import ConfigError, Model
 from hpcgate.config.compute import IdempotencySettings, SchedulerSettings, WatcherSettings
 from hpcgate.config.filesystem import FilesystemLimits, FileSystemSettings, TransferSettings
+from hpcgate.config.jobpage import JobPageSettings
 from hpcgate.config.ssh import Credentials, SshSettings
 
 
@@ -121,6 +122,7 @@ class Settings(BaseSettings):
         "else ~/.local/state/hpcgate)",
     )
     transfer: TransferSettings = TransferSettings()
+    job_page: JobPageSettings = JobPageSettings()
     app_version: str = Field(
         "2.6.0", description="sent as F7T-AppVersion (pyfirecrest gates on it)"
     )

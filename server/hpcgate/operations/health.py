@@ -4,7 +4,9 @@ Probes are plain async callables that raise when their service is unhealthy; the
 checker runs each under a timeout, every interval while it passes and again within
 seconds after it fails (see ``HealthChecker``), and keeps the last result per service.
 Routes ask ``ensure_healthy`` before relying on a service, so a known-broken
-scheduler answers 503 with the reason instead of hanging.
+scheduler answers 503 with the reason instead of hanging. A probe that is not
+``critical`` (accounting: slurmdbd) gates no route: while it fails its service is
+shown ``degraded`` and everything keeps answering (job lookups from the controller).
 
 Callers (``/status/systems``, 503 bodies) see only texts written here or fixed by
 the probe (``Probe.failure``), never what a remote command printed: the detail of
@@ -28,7 +30,8 @@ from hpcgate.wire import WireModel
 
 logger = logging.getLogger(__name__)
 
-ServiceType = Literal["ssh", "scheduler", "filesystem", "exception"]
+ServiceType = Literal["ssh", "scheduler", "accounting", "filesystem", "exception"]
+HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 
 
 class ServiceHealth(WireModel):
@@ -38,6 +41,8 @@ class ServiceHealth(WireModel):
     last_checked: datetime | None = None
     latency: float | None = None
     healthy: bool = False
+    status: HealthStatus = "unhealthy"
+    """Beyond FirecREST: ``degraded`` when a failing service gates no route."""
     message: str | None = None
     path: str | None = None
 
@@ -50,13 +55,15 @@ class Probe:
     """A named check: ``check()`` returns when healthy and raises otherwise.
 
     ``failure`` is what callers are told when it raises (the exception's own text,
-    which may quote the cluster, is only logged).
+    which may quote the cluster, is only logged). A probe that is not ``critical``
+    only degrades its system while it fails: ``ensure_healthy`` never refuses for it.
     """
 
     service_type: ServiceType
     check: Callable[[], Awaitable[object]]
     path: str | None = None
     failure: str = "the check failed"
+    critical: bool = True
 
 
 def _public_reason(probe: Probe, exc: Exception) -> str:
@@ -131,11 +138,15 @@ class HealthChecker:
                 type(exc).__name__,
                 str(exc)[:_DETAIL_CHARS],
             )
+        status: HealthStatus = "healthy" if healthy else "unhealthy"
+        if not healthy and not probe.critical:
+            status = "degraded"
         return ServiceHealth(
             service_type=probe.service_type,
             last_checked=datetime.now(UTC),
             latency=round(time.perf_counter() - started, 6),
             healthy=healthy,
+            status=status,
             message=message,
             path=probe.path,
         )
@@ -249,13 +260,15 @@ class HealthChecker:
         """Raise 503 if the last check found ``service_type`` on ``system`` unhealthy.
 
         Only that service counts (a filesystem route is not refused because the
-        scheduler is down). ``Retry-After`` is the seconds until the service's next
-        check, which the refusal itself brings forward.
+        scheduler is down), and only its critical probes (a degraded service refuses
+        nothing). ``Retry-After`` is the seconds until the service's next check, which
+        the refusal itself brings forward.
         """
         failing = [
             s
             for s in self._slots.get(system, [])
             if s.probe.service_type == service_type
+            and s.probe.critical
             and s.result is not None
             and not s.result.healthy
         ]

@@ -2,5 +2,7 @@
 downloads compatible with pyfirecrest's "s3" flow, and resumable (tus) uploads.
 
 See ``multipart`` (transfer/upload and transfer/download), ``resumable`` (tus),
-``signing`` (the URLs), ``store`` (state, in memory) and ``docs/transfers.md``.
+``signing`` (the URLs and their key), ``store`` with ``state``/``state_sqlite``/
+``state_redis`` (durable state, shared by replicas), ``reaper`` (expired and orphaned
+transfers) and ``docs/transfers.md``.
 """

@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import math
 import posixpath
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 
 from hpcgate.errors import ApiError, BadRequest, Conflict, PayloadTooLarge
 from hpcgate.filesystem.base import ReadStream
@@ -62,6 +63,7 @@ DOWNLOAD_PATH = "/transfer-urls/{transfer_id}/download"
 
 _HASH_BLOCK = 1024 * 1024
 _JOB_MARGIN_MINUTES = 5
+_COMPLETE_WAIT_SECONDS = 30.0
 
 
 class RangeNotSatisfiable(ApiError):
@@ -94,6 +96,23 @@ def signed_url(
 # -- upload ---------------------------------------------------------------------------
 
 
+async def _forget(side: UserSide, upload: MultipartUpload) -> None:
+    """Undo a creation that failed: the record, the staged file, the job."""
+    service = side.service
+    with contextlib.suppress(Exception):
+        await service.store.remove(upload.id)
+    if upload.staged is not None:
+        service.spawn(side.abandon(upload.staged, None, "not started"))
+    if upload.job_id:
+        scheduler = service.schedulers[upload.system]
+        service.spawn(_cancel(scheduler.cancel(side.runner, upload.job_id)))
+
+
+async def _cancel(cancelling: Awaitable[None]) -> None:
+    with contextlib.suppress(Exception):
+        await cancelling
+
+
 async def start_upload(side: UserSide, body: UploadRequest, base_url: str) -> TransferResponse:
     """Create the temporary file and the job; hand out the signed part URLs."""
     _only_s3(body.transfer_directives.transfer_method)
@@ -115,9 +134,10 @@ async def start_upload(side: UserSide, body: UploadRequest, base_url: str) -> Tr
         expires_at=service.clock() + config.url_ttl_seconds,
         part_size=part_size_for(config, size),
     )
-    service.store.add(upload)
+    await service.store.add(upload)
     try:
         target, upload.staged = await side.prepare_upload(target, size)
+        await service.store.save(upload, "staged")
         directory = await side.job_directory()
         upload.marker = posixpath.join(directory, f"upload-{transfer_id}.done")
         script = scripts.await_upload(
@@ -130,12 +150,14 @@ async def start_upload(side: UserSide, body: UploadRequest, base_url: str) -> Tr
             account=body.account,
             time_limit_minutes=math.ceil(config.url_ttl_seconds / 60) + _JOB_MARGIN_MINUTES,
         )
+        upload.job_id = job.job_id
+        await service.store.save(upload, "job_id", "marker")
+        upload.state = "open"
+        await service.store.save(upload, "state")
     except BaseException:
-        service.store.remove(transfer_id)
-        if upload.staged is not None:
-            service.spawn(side.abandon(upload.staged, None, "not started"))
+        # a kill before this leaves the record "creating": the reaper cleans it up
+        await asyncio.shield(_forget(side, upload))
         raise
-    upload.job_id = job.job_id
     urls = [
         signed_url(service, base_url, PART_PATH, "PUT", upload, number)
         for number in range(1, upload.part_count + 1)
@@ -163,33 +185,43 @@ async def write_part(
     A ``Content-MD5`` header (base64, as S3 takes it) is checked: on a mismatch the
     part does not count (400).
     """
-    if upload.state != "open" or upload.lock.locked():
+    if upload.state != "open":  # checked again, atomically, by the claim
         raise Conflict("The upload is completed or being completed")
     if not 1 <= number <= upload.part_count:
         raise BadRequest(f"Part numbers of this upload are 1 to {upload.part_count}")
     offset, length = upload.part_range(number)
     if declared_length is not None and declared_length != length:
         raise BadRequest(f"Part {number} must be exactly {length} bytes, not {declared_length}")
-    if upload.writing[number]:
-        raise Conflict(f"Part {number} is being uploaded already")
     assert upload.staged is not None, "an open upload has its staged file"
     digest = hashlib.md5(usedforsecurity=False)
-    upload.writing[number] += 1
     try:
-        side = service.side_of(upload)
-        written = await side.fs.write_staged(
-            upload.staged, _hashed(body, digest, length, number), offset=offset, max_size=length
+        claim = service.store.claimed(
+            upload, f"part:{number}", blockers=(f"part:{number}", "complete"), open_only=True
         )
-    finally:
-        upload.writing[number] -= 1
-        if not upload.writing[number]:
-            del upload.writing[number]
-    if written != length:
-        raise BadRequest(f"Part {number} has {written} bytes; it must have {length}")
-    if content_md5 is not None and base64.b64encode(digest.digest()).decode() != content_md5:
-        raise BadRequest(f"BadDigest: part {number} does not have the Content-MD5 given")
-    etag = digest.hexdigest()
-    upload.parts[number] = Part(size=length, etag=etag)
+        async with claim:
+            side = service.side_of(upload)
+            written = await side.fs.write_staged(
+                upload.staged,
+                _hashed(body, digest, length, number),
+                offset=offset,
+                max_size=length,
+            )
+            if written != length:
+                raise BadRequest(f"Part {number} has {written} bytes; it must have {length}")
+            if (
+                content_md5 is not None
+                and base64.b64encode(digest.digest()).decode() != content_md5
+            ):
+                raise BadRequest(f"BadDigest: part {number} does not have the Content-MD5 given")
+            etag = digest.hexdigest()
+            # recorded while the claim is held: a completion sees it, or waits for it
+            await service.store.set_part(upload, number, Part(size=length, etag=etag))
+    except Conflict as exc:
+        if exc.message == f"busy:part:{number}":
+            raise Conflict(f"Part {number} is being uploaded already") from None
+        if exc.message in ("closed", "busy:complete"):
+            raise Conflict("The upload is completed or being completed") from None
+        raise
     return etag
 
 
@@ -222,34 +254,55 @@ async def complete(service: TransferService, upload: MultipartUpload, body: byte
 
     Completing a completed upload again answers the same (a retry after a lost answer).
     """
-    async with upload.lock:
-        listed = s3xml.parse_complete(body)
-        expected = list(range(1, upload.part_count + 1))
-        if [number for number, _ in listed] != expected:
-            raise BadRequest(
-                f"The body must list parts 1 to {upload.part_count}, each once and in order"
-            )
-        for number, etag in listed:
-            part = upload.parts.get(number)
-            if part is None:
-                raise BadRequest(f"Part {number} was not uploaded")
-            if part.etag != etag:
-                raise BadRequest(f"The ETag of part {number} does not match the uploaded part")
-        etag = s3xml.multipart_etag([upload.parts[number].etag for number in expected])
-        result = s3xml.complete_result(upload.target, upload.target.lstrip("/"), etag)
-        side = service.side_of(upload)
-        if upload.state == "open":
-            if upload.writing:
-                raise Conflict("Parts are still being uploaded")
-            assert upload.staged is not None, "an open upload has its staged file"
-            # every part was written whole (checked per part) into a file of the
-            # announced size (given at creation, checked on every reopen)
-            await side.put_in_place(upload.staged, upload.target)
-            upload.state = "completed"
-        if not upload.marked:
-            await side.write_marker(upload.marker, "ok")
-            upload.marked = True
-        return result
+    listed = s3xml.parse_complete(body)
+    expected = list(range(1, upload.part_count + 1))
+    if [number for number, _ in listed] != expected:
+        raise BadRequest(
+            f"The body must list parts 1 to {upload.part_count}, each once and in order"
+        )
+    store = service.store
+    try:
+        claim = store.claimed(
+            upload, "complete", blockers=("part:", "complete"), wait=_COMPLETE_WAIT_SECONDS
+        )
+        async with claim:
+            upload = await store.reload(upload)  # the parts of every replica, as of now
+            return await _complete(service, upload, listed, expected)
+    except Conflict as exc:
+        if exc.message.startswith("busy:part:"):
+            raise Conflict("Parts are still being uploaded") from None
+        if exc.message == "busy:complete":
+            raise Conflict("The upload is being completed") from None
+        raise
+
+
+async def _complete(
+    service: TransferService,
+    upload: MultipartUpload,
+    listed: list[tuple[int, str]],
+    expected: list[int],
+) -> str:
+    for number, etag in listed:
+        part = upload.parts.get(number)
+        if part is None:
+            raise BadRequest(f"Part {number} was not uploaded")
+        if part.etag != etag:
+            raise BadRequest(f"The ETag of part {number} does not match the uploaded part")
+    etag = s3xml.multipart_etag([upload.parts[number].etag for number in expected])
+    result = s3xml.complete_result(upload.target, upload.target.lstrip("/"), etag)
+    side = service.side_of(upload)
+    if upload.state == "open":
+        assert upload.staged is not None, "an open upload has its staged file"
+        # every part was written whole (checked per part) into a file of the
+        # announced size (given at creation, checked on every reopen)
+        await side.put_in_place(upload.staged, upload.target)
+        upload.state = "completed"
+        await service.store.save(upload, "state")
+    if not upload.marked:
+        await side.write_marker(upload.marker, "ok")
+        upload.marked = True
+        await service.store.save(upload, "marked")
+    return result
 
 
 # -- download -------------------------------------------------------------------------
@@ -269,7 +322,7 @@ async def start_download(side: UserSide, body: DownloadRequest, base_url: str) -
         expires_at=service.clock() + service.config.url_ttl_seconds,
         identity=identity,
     )
-    service.store.add(download)
+    await service.store.add(download)
     try:
         job = await side.submit(
             "download",
@@ -277,10 +330,13 @@ async def start_download(side: UserSide, body: DownloadRequest, base_url: str) -
             transfer_id=download.id,
             account=body.account,
         )
+        download.job_id = job.job_id
+        download.state = "open"
+        await service.store.save(download, "job_id", "state")
     except BaseException:
-        service.store.remove(download.id)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(service.store.remove(download.id))
         raise
-    download.job_id = job.job_id
     url = signed_url(service, base_url, DOWNLOAD_PATH, "GET", download)
     return TransferResponse(
         transfer_job=job, transfer_directives=S3TransferResponse(download_url=url)

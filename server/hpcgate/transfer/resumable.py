@@ -35,8 +35,12 @@ answer does too.
 ``OPTIONS /filesystem/{system}/uploads``
     204 with ``Tus-Version``, ``Tus-Extension`` and ``Tus-Max-Size``.
 
-Uploads live in the server's memory until ``transfer.url_ttl_seconds`` after their
-creation (see ``hpcgate.transfer.store``): a restart loses unfinished uploads.
+Uploads are kept in the transfer store (``hpcgate.transfer.store``: SQLite, or Redis
+shared by replicas) until ``transfer.url_ttl_seconds`` after their creation. The
+offset and the running SHA-256 (``sha256state``) are recorded together as each block
+is acknowledged by the cluster, never before: after a restart, or on another
+replica, ``HEAD`` gives the offset whose bytes are on the cluster filesystem and the
+upload goes on from there. One PATCH at a time holds the upload's ``patch`` claim.
 
 Example with curl (``$B`` the base URL, ``$H`` the Authorization header)::
 
@@ -173,11 +177,17 @@ async def create(
         expires_at=service.clock() + config.url_ttl_seconds,
         sha256=digest,
     )
-    service.store.add(upload)
+    await service.store.add(upload)
     try:
         upload.target, upload.staged = await side.prepare_upload(target, length)
+        upload.state = "open"
+        await service.store.save(upload, "target", "staged", "state")
     except BaseException:
-        service.store.remove(upload.id)
+        # a kill before this leaves the record "creating": the reaper cleans it up
+        with contextlib.suppress(Exception):
+            await asyncio.shield(service.store.remove(upload.id))
+        if upload.staged is not None:
+            service.spawn(side.abandon(upload.staged, None, "not started"))
         raise
     if length == 0:
         await _finish(side, upload)
@@ -197,30 +207,32 @@ def _tus_answer() -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _locked(upload: ResumableUpload) -> AsyncIterator[None]:
-    """The upload's lock, waiting (bounded) for a PATCH that is winding up."""
+async def _locked(
+    service: TransferService, upload: ResumableUpload, wait: float = _LOCK_WAIT_SECONDS
+) -> AsyncIterator[ResumableUpload]:
+    """The upload's ``patch`` claim, waiting (bounded) for a PATCH that is winding up
+    (here or on another replica); yields the upload as recorded once it is held."""
     try:
-        async with asyncio.timeout(_LOCK_WAIT_SECONDS):
-            await upload.lock.acquire()
-    except TimeoutError:
-        raise Conflict(
-            "Another PATCH of this upload is in progress", headers=tus_headers()
-        ) from None
-    try:
-        yield
-    finally:
-        upload.lock.release()
+        async with service.store.claimed(upload, "patch", blockers=("patch",), wait=wait):
+            yield await service.store.reload(upload)
+    except Conflict as exc:
+        if exc.message.startswith("busy:"):
+            raise Conflict(
+                "Another PATCH of this upload is in progress", headers=tus_headers()
+            ) from None
+        raise
+    except NotFound:
+        raise NotFound("The upload has ended", headers=tus_headers()) from None
 
 
-async def settled_offset(upload: ResumableUpload) -> int:
+async def settled_offset(service: TransferService, upload: ResumableUpload) -> int:
     """The committed offset, after a PATCH that is winding up (a broken connection's)
     has finished; during a long PATCH, the offset committed so far."""
     try:
-        async with asyncio.timeout(_SETTLE_SECONDS):
-            async with upload.lock:
-                return upload.offset
-    except TimeoutError:
-        return upload.offset
+        async with _locked(service, upload, _SETTLE_SECONDS) as current:
+            return current.offset
+    except Conflict:
+        return (await service.store.reload(upload)).offset
 
 
 async def append(
@@ -237,7 +249,7 @@ async def append(
     bytes before it are written and committed, and the call returns normally.
     """
     offset = parse_length(offset_header, "Upload-Offset")
-    async with _locked(upload):
+    async with _locked(service, upload) as upload:
         if upload.state != "open":
             if upload.state == "completed" and offset == upload.size:
                 return upload.offset
@@ -286,6 +298,8 @@ async def _write(
     async def committed(data: bytes, position: int) -> None:
         await asyncio.to_thread(upload.hasher.update, data)
         upload.offset = position + len(data)
+        # offset and hash state together, once the cluster acknowledged the bytes
+        await side.service.store.save(upload, "offset", "hasher")
 
     with _tus_answer():
         await side.fs.write_staged(
@@ -305,9 +319,10 @@ async def _write(
 
 async def _finish(side: UserSide, upload: ResumableUpload) -> None:
     """Verify the SHA-256 and rename into place; on a mismatch, end the upload."""
+    store = side.service.store
     if not hmac.compare_digest(upload.hasher.digest(), upload.sha256):
         upload.state = "failed"
-        side.service.store.remove(upload.id)
+        await store.remove(upload.id)
         await side.abandon(upload.staged, None, "checksum mismatch")
         raise ChecksumMismatch(
             "Checksum Mismatch: the SHA-256 of the uploaded bytes is not the one "
@@ -318,11 +333,12 @@ async def _finish(side: UserSide, upload: ResumableUpload) -> None:
     with _tus_answer():
         await side.put_in_place(upload.staged, upload.target)
     upload.state = "completed"
+    await store.save(upload, "state")
 
 
 async def terminate(service: TransferService, upload: ResumableUpload) -> None:
-    async with _locked(upload):
-        service.store.remove(upload.id)
+    async with _locked(service, upload) as upload:
+        await service.store.remove(upload.id)
         if upload.state == "open":
             upload.state = "failed"
             await service.side_of(upload).abandon(upload.staged, None, "terminated")

@@ -9,6 +9,12 @@ are the filesystem package's own), the caller's runner and the system's schedule
 Transfer jobs run as the user on the system's ``scheduler.transfer_partition``, in
 ``transfer.job_directory`` (default ``<home>/.hpcgate/transfers``), which also holds
 their logs ``<op>-<id>.out`` / ``.err`` and the completion markers of uploads.
+
+Unfinished transfers are kept in ``transfer.store`` (``hpcgate.transfer.store``):
+SQLite under the state directory, or the idempotency store's Redis for replicas.
+The URL signing key is ``transfer.signing_key``, else one made once into the state
+directory (``signing.load_or_create_key``). Started here: the beat that tells other
+replicas this process is alive, and the reaper (``hpcgate.transfer.reaper``).
 """
 
 from __future__ import annotations
@@ -32,8 +38,12 @@ from hpcgate.filesystem.identity import FileIdentity
 from hpcgate.filesystem.paths import join
 from hpcgate.filesystem.staging import Staged
 from hpcgate.transfer.models import TransferJob, TransferJobLogs
-from hpcgate.transfer.signing import UrlSigner
+from hpcgate.transfer.reaper import Reaper
+from hpcgate.transfer.signing import UrlSigner, load_or_create_key
+from hpcgate.transfer.state import StateBackend
+from hpcgate.transfer.state_sqlite import SqliteTransferState
 from hpcgate.transfer.store import (
+    BEAT_SECONDS,
     Download,
     MultipartUpload,
     ResumableUpload,
@@ -46,7 +56,6 @@ log = logging.getLogger(__name__)
 
 TEMP_PREFIX = staging.PREFIX
 _UNLIMITED = 2**62
-_SWEEP_SECONDS = 30.0
 
 
 #: (system, username, limits) -> that user's filesystem on the system
@@ -66,35 +75,72 @@ class TransferService:
         runner: RunnerFactory,
         schedulers: Mapping[str, Scheduler],
         clock: Callable[[], float] = time.time,
+        backend: StateBackend | None = None,
     ) -> None:
         self.config: TransferSettings = settings.transfer
         self._filesystem = filesystem
         self._runner = runner
         self.schedulers = schedulers
-        key = self.config.signing_key
-        if key is None:
-            log.info("transfer URLs are signed with a key generated at start (none configured)")
-        self.signer = UrlSigner(key.get_secret_value().encode() if key else None, clock=clock)
-        self.store = TransferStore(max_per_user=self.config.max_active_per_user, clock=clock)
+        self._settings = settings
+        self.store = TransferStore(
+            backend or state_backend(settings),
+            max_per_user=self.config.max_active_per_user,
+            clock=clock,
+        )
+        self._signer: UrlSigner | None = None
         self.clock = clock
         self._systems = {system.name: system for system in settings.systems}
         self._limits = {system.name: _unlimited(system) for system in settings.systems}
         self.job_dirs: dict[tuple[str, str], str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._sweeper: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self.reaper = Reaper(self)
+
+    @property
+    def signer(self) -> UrlSigner:
+        assert self._signer is not None, "the transfer service is not started"
+        return self._signer
 
     async def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="transfer-sweeper")
+        key = self.config.signing_key
+        if key is not None:
+            secret = key.get_secret_value().encode()
+        else:
+            secret = await asyncio.to_thread(load_or_create_key, self._settings.state_path())
+            if self._replicated():
+                log.warning(
+                    "transfer URLs are signed with the key in this server's state directory: "
+                    "set transfer.signing_key so that every replica accepts them"
+                )
+        self._signer = UrlSigner(secret, clock=self.clock)
+        await self.store.open()
+        self._loops = [
+            asyncio.create_task(self._beat_forever(), name="transfer-beat"),
+            asyncio.create_task(self.reaper.run_forever(), name="transfer-reaper"),
+        ]
+
+    def _replicated(self) -> bool:
+        return not isinstance(self.store.backend, SqliteTransferState)
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+                await loop
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(BEAT_SECONDS)
+            try:
+                await self.store.beat()
+            except Exception as exc:  # the store is away: try again next beat
+                log.warning("transfer state: beat failed: %s", type(exc).__name__)
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a best-effort background task (cleanups), kept until it ends."""
@@ -108,23 +154,21 @@ class TransferService:
     def side_of(self, transfer: Transfer) -> UserSide:
         return self.user(transfer.system, transfer.user)
 
-    # -- expiry -----------------------------------------------------------------
 
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(_SWEEP_SECONDS)
-            self.sweep()
+def state_backend(settings: Settings) -> StateBackend:
+    """``transfer.store``: SQLite under the state directory, or Redis (the idempotency
+    store's connection) for replicas."""
+    config, idempotency = settings.transfer, settings.idempotency
+    redis = config.store == "redis" or (config.store == "auto" and idempotency.backend == "redis")
+    if redis:
+        if idempotency.redis_url is None:
+            raise RuntimeError("transfer.store redis needs idempotency.redis_url")
+        from hpcgate.transfer.state_redis import RedisTransferState
 
-    def sweep(self) -> None:
-        """Forget expired transfers; remove their temporary files, end their jobs' wait."""
-        for transfer in self.store.expired():
-            if transfer.state != "open":
-                continue
-            side = self.side_of(transfer)
-            if isinstance(transfer, MultipartUpload):
-                self.spawn(side.abandon(transfer.staged, transfer.marker, "expired"))
-            elif isinstance(transfer, ResumableUpload):
-                self.spawn(side.abandon(transfer.staged, None, "expired"))
+        return RedisTransferState(
+            idempotency.redis_url.get_secret_value(), prefix=config.redis_key_prefix
+        )
+    return SqliteTransferState(config.store_path or settings.state_path() / "transfers.sqlite3")
 
 
 def _unlimited(system: SystemSettings) -> FilesystemLimits:

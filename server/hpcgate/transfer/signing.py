@@ -15,13 +15,17 @@ Comparison is constant-time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlencode
 
 from hpcgate.errors import Forbidden
@@ -100,3 +104,47 @@ class UrlSigner:
         expected = self._mac(method, path, part, expires, binding)
         if not hmac.compare_digest(expected, signature.lower()):
             raise Forbidden("The URL's signature is invalid")
+
+
+KEY_FILE = "transfer-signing.key"
+KEY_BYTES = 32
+
+
+def load_or_create_key(directory: Path) -> bytes:
+    """The signing key kept in ``directory`` (the state directory), made once.
+
+    Created atomically: 32 random bytes go into a new private file (``O_EXCL``, mode
+    0600), which is then hard-linked to its name; if another process linked its key
+    first, that one is used. A key file that is not a regular file of this user, is
+    open to others or has the wrong size is refused (``RuntimeError``): better no
+    start than URLs signed with a key others can read. The key is never logged.
+    """
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / KEY_FILE
+    if not path.exists() and not path.is_symlink():
+        temporary = directory / f".{KEY_FILE}.{secrets.token_hex(8)}"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(secrets.token_bytes(KEY_BYTES))
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if (
+            not stat.S_ISREG(info.st_mode)
+            or info.st_uid != os.geteuid()
+            or info.st_mode & 0o077
+            or info.st_size != KEY_BYTES
+        ):
+            raise RuntimeError(
+                f"{path}: the transfer signing key must be a {KEY_BYTES}-byte file of this "
+                "user with mode 0600; remove it to have a new one made (URLs signed with "
+                "the old key stop working)"
+            )
+        return handle.read(KEY_BYTES)

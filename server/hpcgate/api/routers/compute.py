@@ -21,6 +21,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import StringConstraints
 
 from hpcgate import errors
@@ -31,11 +32,13 @@ from hpcgate.compute.idempotency import REPLAYED_HEADER, KeyScope
 from hpcgate.compute.jobs import validate_job_id
 from hpcgate.compute.scheduler.models import (
     AttachRequest,
+    JobListing,
     JobMetadataResponse,
     JobsResponse,
     JobSubmitRequest,
     JobSubmitResponse,
 )
+from hpcgate.compute.scheduler.reports import JobAccountingResponse, JobPreflight
 from hpcgate.compute.scheduler.visibility import JobVisibility, ensure_visible, may_see
 from hpcgate.compute.watcher import JobView, JobWatcher
 
@@ -44,6 +47,8 @@ EVENT_ID_HEADER = "X-Hpcgate-Event-Id"
 WAIT_HEADER = "X-Hpcgate-Wait"
 """On long-poll answers: ``terminal``, ``changed`` or ``timeout``."""
 TRUNCATED_HEADER = "X-Hpcgate-Jobs-Truncated"
+INCOMPLETE_HEADER = "X-Hpcgate-Jobs-Incomplete"
+"""Set when accounting did not answer: the listing has the active jobs only, and says why."""
 """On listings cut to ``scheduler.max_list_jobs``: how many jobs matched in all."""
 _SSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "an SSE stream"}
@@ -89,7 +94,12 @@ def _answer(response: Response, view: JobView) -> JobsResponse:
     return JobsResponse(jobs=[view.job])
 
 
-@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobSubmitResponse)
+@router.post(
+    "/jobs",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobSubmitResponse,
+    responses={200: {"model": JobPreflight, "description": "dryRun=true: the verdict"}},
+)
 async def submit_job(
     ctx: SystemDep,
     body: JobSubmitRequest,
@@ -101,13 +111,24 @@ async def submit_job(
             description="a repeat with this key returns the first job (same body) or 422",
         ),
     ] = None,
-) -> JobSubmitResponse:
+    dry_run: Annotated[
+        bool,
+        Query(alias="dryRun", description="only ask the scheduler (sbatch --test-only)"),
+    ] = False,
+) -> JobSubmitResponse | JSONResponse:
     """Submit a batch job: the script goes to sbatch on stdin, or `scriptPath` is used.
 
     With `Idempotency-Key`, at most one job is created per key (and user): a repeat
     answers the same 201 body with `Idempotent-Replayed: true`.
+
+    With `dryRun=true` nothing is submitted (the key is not used): 200 with the
+    scheduler's verdict, `valid` or the `reason` (`category`: account, partition,
+    qos, time_limit, resources, request), and the expected start.
     """
     ctx.ensure_healthy("scheduler")
+    if dry_run:
+        verdict = await ctx.scheduler.preflight(ctx.runner, body.job)
+        return JSONResponse(verdict.model_dump(mode="json", by_alias=True))
     submitter = ctx.services.submitter
     if idempotency_key is None or submitter is None:
         job_id = await ctx.scheduler.submit(ctx.runner, body.job)
@@ -155,6 +176,8 @@ async def list_jobs(
         account=account,
         time_window=time_window,
     )
+    if isinstance(jobs, JobListing) and jobs.missing:
+        response.headers[INCOMPLETE_HEADER] = jobs.missing
     jobs = [job for job in jobs if may_see(ctx.username, job.user, visibility)]
     cap = ctx.system.scheduler.max_list_jobs
     if len(jobs) > cap:
@@ -343,6 +366,19 @@ async def get_job_metadata(ctx: SystemDep, job_id: str) -> JobMetadataResponse:
     ctx.ensure_healthy("scheduler")
     await _ensure_visible(ctx, job_id)
     return JobMetadataResponse(jobs=[await ctx.scheduler.metadata(ctx.runner, job_id)])
+
+
+@router.get("/jobs/{job_id}/accounting", response_model=JobAccountingResponse)
+async def get_job_accounting(ctx: SystemDep, job_id: str) -> JobAccountingResponse:
+    """The job's accounting (`sacct`): queue wait, elapsed, allocated nodes and CPUs,
+    node- and CPU-hours, max RSS over the steps, CPU efficiency, the steps' states;
+    for an array id, one record per task. Visible as the job itself is (the owner
+    in each record decides: one `sacct`, no lookup first)."""
+    ctx.ensure_healthy("scheduler")
+    records = await ctx.scheduler.accounting(ctx.runner, job_id)
+    for record in records:
+        ensure_visible(ctx.username, record.user, _visibility(ctx), job_id)
+    return JobAccountingResponse(jobs=records)
 
 
 @router.put("/jobs/{job_id}/attach", status_code=status.HTTP_204_NO_CONTENT)

@@ -40,7 +40,7 @@ from hpcgate.transfer.service import TransferService, UserSide
 from hpcgate.transfer.store import Download, MultipartUpload, ResumableUpload, Transfer
 
 
-def get_side(ctx: SystemDep, service: TransfersDep) -> UserSide:
+async def get_side(ctx: SystemDep, service: TransfersDep) -> UserSide:
     """The caller's transfer view of the system (503 while its filesystems are unhealthy)."""
     ctx.ensure_healthy("filesystem")
     return service.user(ctx.name, ctx.username)
@@ -117,7 +117,7 @@ TransferId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="the tra
 T = TypeVar("T", bound=Transfer)
 
 
-def _verified(
+async def _verified(
     service: TransferService,
     request: Request,
     transfer_id: str,
@@ -128,9 +128,9 @@ def _verified(
 ) -> T:
     """The transfer a signed URL names, once its expiry and signature check out."""
     expires = service.signer.check_expiry(request.query_params.get("expires"))
-    transfer = service.store.get(transfer_id)
+    transfer = await service.store.get(transfer_id)
     if not isinstance(transfer, kind):
-        raise NotFound("No such transfer: it completed, expired, or the server restarted")
+        raise NotFound("No such transfer: it expired, or never existed")
     path = template.format(transfer_id=transfer_id, part_number=part)
     service.signer.verify(
         method,
@@ -160,7 +160,7 @@ async def put_part(
     content_md5: Annotated[str | None, Header(alias="content-md5")] = None,
 ) -> Response:
     """Upload one part (its bytes as the body); the answer's ETag goes into the completion."""
-    upload = _verified(
+    upload = await _verified(
         service, request, transfer_id, MultipartUpload, "PUT", multipart.PART_PATH, part_number
     )
     try:
@@ -177,7 +177,7 @@ async def complete_upload(
     service: TransfersDep, request: Request, transfer_id: TransferId
 ) -> Response:
     """Complete the upload with S3's CompleteMultipartUpload XML (parts and ETags)."""
-    upload = _verified(
+    upload = await _verified(
         service, request, transfer_id, MultipartUpload, "POST", multipart.COMPLETE_PATH
     )
     body = bytearray()
@@ -197,7 +197,9 @@ async def get_download(
     range_header: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:
     """The file's bytes, streamed from the cluster; one `Range` is answered with 206."""
-    transfer = _verified(service, request, transfer_id, Download, "GET", multipart.DOWNLOAD_PATH)
+    transfer = await _verified(
+        service, request, transfer_id, Download, "GET", multipart.DOWNLOAD_PATH
+    )
     stream, wanted = await multipart.open_download(service, transfer, range_header)
     response = _ReadStreamResponse(stream, transfer.target.rsplit("/", 1)[-1])
     response.headers["Accept-Ranges"] = "bytes"
@@ -215,7 +217,9 @@ async def head_download(
     service: TransfersDep, request: Request, transfer_id: TransferId
 ) -> Response:
     """The file's size (the GET URL's signature is good for HEAD too)."""
-    transfer = _verified(service, request, transfer_id, Download, "GET", multipart.DOWNLOAD_PATH)
+    transfer = await _verified(
+        service, request, transfer_id, Download, "GET", multipart.DOWNLOAD_PATH
+    )
     size = await multipart.download_size(service, transfer)
     headers = {"Content-Length": str(size), "Accept-Ranges": "bytes"}
     return Response(status_code=status.HTTP_200_OK, headers=headers)
@@ -274,16 +278,17 @@ async def tus_create(
     return Response(status_code=status.HTTP_201_CREATED, headers=headers)
 
 
-def _owned(side: UserSide, upload_id: str) -> ResumableUpload:
-    return side.service.store.owned(upload_id, ResumableUpload, side.system.name, side.username)
+async def _owned(side: UserSide, upload_id: str) -> ResumableUpload:
+    store = side.service.store
+    return await store.owned(upload_id, ResumableUpload, side.system.name, side.username)
 
 
 @uploads.head("/{upload_id}", response_class=Response)
 async def tus_head(side: SideDep, upload_id: UploadId, tus: TusHeader = None) -> Response:
     """The committed offset (where to resume)."""
     resumable.require_tus(tus)
-    upload = _owned(side, upload_id)
-    offset = await resumable.settled_offset(upload)
+    upload = await _owned(side, upload_id)
+    offset = await resumable.settled_offset(side.service, upload)
     return Response(status_code=status.HTTP_200_OK, headers=_state_headers(upload, offset))
 
 
@@ -303,7 +308,7 @@ async def tus_patch(
         raise resumable.UnsupportedMediaType(
             f"Content-Type must be {resumable.OFFSET_CONTENT_TYPE}", headers=tus_headers()
         )
-    upload = _owned(side, upload_id)
+    upload = await _owned(side, upload_id)
     offset = await resumable.append(
         side.service, upload, upload_offset, request.stream(), disconnect=ClientDisconnect
     )
@@ -320,7 +325,7 @@ async def tus_patch(
 async def tus_delete(side: SideDep, upload_id: UploadId, tus: TusHeader = None) -> Response:
     """Terminate the upload: its temporary file is removed."""
     resumable.require_tus(tus)
-    await resumable.terminate(side.service, _owned(side, upload_id))
+    await resumable.terminate(side.service, await _owned(side, upload_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT, headers=tus_headers())
 
 

@@ -26,6 +26,7 @@ from hpcgate.compute.scheduler.models import (
     Reservation,
     UserInfo,
 )
+from hpcgate.compute.scheduler.reports import JobAccounting, JobPreflight
 
 TIME_WINDOWS: dict[str, int] = {
     "1h": 3600,
@@ -85,6 +86,15 @@ class Scheduler(Protocol):
         self, runner: CommandRunner, description: JobDescription, *, comment: str | None = None
     ) -> str:
         """Submit a batch job, with ``comment`` stamped on it if given; return its id."""
+        ...
+
+    async def preflight(self, runner: CommandRunner, description: JobDescription) -> JobPreflight:
+        """The scheduler's verdict on ``description`` as a submission (would it be
+        accepted, when would it start), submitting nothing."""
+        ...
+
+    async def accounting(self, runner: CommandRunner, job_id: str) -> list[JobAccounting]:
+        """The accounting records ``job_id`` names (an array id: its tasks)."""
         ...
 
     async def active_jobs(
@@ -159,4 +169,8 @@ class Scheduler(Protocol):
 
     async def ping(self, runner: CommandRunner) -> None:
         """Return when the controller answers; raise ``ServiceUnavailable`` otherwise."""
+        ...
+
+    async def ping_accounting(self, runner: CommandRunner) -> None:
+        """Return when job accounting answers; raise ``ServiceUnavailable`` otherwise."""
         ...

@@ -376,6 +376,13 @@ class Job(WireModel):
     priority: int | None = None
 
 
+class JobListing(list[Job]):
+    """Jobs of a listing, and why it may lack some: with accounting (slurmdbd) down the
+    controller's active jobs are still answered, the ended ones are ``missing``."""
+
+    missing: str | None = None
+
+
 class JobMetadata(WireModel):
     job_id: str
     script: str | None = None

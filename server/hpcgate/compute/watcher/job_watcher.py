@@ -2,7 +2,9 @@
 
 See ``hpcgate.compute.watcher`` for the design (scopes, trust, selection, intervals,
 views, events, visibility, bounds). It talks to the workload manager only through
-the ``Scheduler`` interface and judges jobs by ``hpcgate.compute.jobs``.
+the ``Scheduler`` interface and judges jobs by ``hpcgate.compute.jobs``. Rounds run
+only while this replica holds the round lease (``lease``; always, alone); otherwise
+it applies the leading replica's rounds to its views (``apply_remote``).
 """
 
 from __future__ import annotations
@@ -18,20 +20,19 @@ from collections.abc import Callable, Iterable
 
 from hpcgate import errors
 from hpcgate.cluster.remote import CommandRunner
-from hpcgate.compute.jobs import (
-    as_answer,
-    id_sort_key,
-    is_final,
-    merge_records,
-    records_named,
-    top_id,
-    validate_job_id,
-)
+from hpcgate.compute.jobs import is_final, top_id, validate_job_id
 from hpcgate.compute.scheduler.base import Scheduler
 from hpcgate.compute.scheduler.models import Job
 from hpcgate.compute.scheduler.visibility import JobVisibility, ensure_visible, may_see
 from hpcgate.compute.watcher.budget import Slot, SubscriberBudget
-from hpcgate.compute.watcher.rounds import accounted_for, entries, settled, wants_accounting
+from hpcgate.compute.watcher.lease import (
+    Interest,
+    RemoteInterest,
+    RoundCoordinator,
+    SoloCoordinator,
+)
+from hpcgate.compute.watcher.results import RoundResult
+from hpcgate.compute.watcher.rounds import ACCOUNTING_DOWN, count_accounting, poll, select
 from hpcgate.compute.watcher.scope import Scope
 from hpcgate.compute.watcher.views import JobEvent, JobView, Subscription, signature
 from hpcgate.config import SystemSettings, WatcherSettings
@@ -53,6 +54,7 @@ class JobWatcher:
         *,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        coordinator: RoundCoordinator | None = None,
     ) -> None:
         self.system = system.name
         self.settings: WatcherSettings = system.watcher
@@ -68,11 +70,13 @@ class JobWatcher:
         self._task: asyncio.Task[None] | None = None
         self._subscribers: Counter[str] = Counter()
         self.budget = SubscriberBudget(self.system, self.settings)
+        self.coordinator: RoundCoordinator = coordinator or SoloCoordinator()
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         if self._task is None:
+            self.coordinator.start(self)
             self._task = asyncio.create_task(self._loop(), name=f"watcher-{self.system}")
 
     async def close(self) -> None:
@@ -80,6 +84,8 @@ class JobWatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._task is not None:
+            await self.coordinator.close()
         self._task = None
         for scope in self._scopes.values():
             self._release_waiters(scope.waiting)
@@ -150,6 +156,11 @@ class JobWatcher:
                 if scope.missing.get(job_id, -math.inf) >= asked:
                     scope.unlease(user, job_id)
                     raise errors.NotFound(f"Job not found: {job_id}")
+                if scope.unresolved.get(job_id, -math.inf) >= asked:
+                    raise errors.ServiceUnavailable(
+                        f"Job {job_id} is not held by the Slurm controller and "
+                        f"{ACCOUNTING_DOWN}; retry later"
+                    )
                 if scope.failed_at >= asked:
                     break
         finally:
@@ -205,7 +216,7 @@ class JobWatcher:
                 scope.watches[(user, job_id)] += 1
                 scope.subs_by_view.setdefault(job_id, set()).add(sub)
         self._subscribers[kind] += 1
-        self._wake.set()
+        self._interested(urgent=scope.urgent)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -250,7 +261,9 @@ class JobWatcher:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         scope.waiting.append(future)
         scope.urgent = True
-        self._wake.set()
+        gen = self._interested(urgent=True)
+        if gen is not None:
+            scope.gen_of[future] = gen
         async with asyncio.timeout(self._round_wait() if timeout is None else timeout):
             await future
 
@@ -266,7 +279,7 @@ class JobWatcher:
         scope = self._scope(user)
         if scope.all_jobs.get(user):
             scope.urgent = True
-            self._wake.set()
+            self._interested(urgent=True)
 
     @property
     def scheduler_timeout(self) -> float:
@@ -298,7 +311,9 @@ class JobWatcher:
     # ------------------------------------------------------------ internals
 
     def _scope(self, user: str) -> Scope:
-        name = self.service_user or user
+        return self._scope_named(self.service_user or user)
+
+    def _scope_named(self, name: str) -> Scope:
         scope = self._scopes.get(name)
         if scope is None:
             scope = self._scopes[name] = Scope(user=name, interval=self.settings.min_interval)
@@ -334,16 +349,25 @@ class JobWatcher:
         ``max_leases_per_user`` leases per user)."""
         until = self._clock() + self.settings.interest_seconds
         if scope.lease(user, job_id, until, self.settings.max_leases_per_user):
-            self._wake.set()
+            self._interested(urgent=False)
 
     def _next_seq(self) -> int:
         self._seq = max(self._seq + 1, int(time.time() * 1000))
         return self._seq
 
     def _update(
-        self, scope: Scope, view_id: str, job: Job, observed: float, *, settled: bool
+        self,
+        scope: Scope,
+        view_id: str,
+        job: Job,
+        observed: float,
+        *,
+        settled: bool,
+        accounted: bool = True,
     ) -> JobView:
-        """Record an observation; publish an event when the state changed."""
+        """Record an observation; publish an event when the state changed. An ended
+        job is final once accounting settled it, or ``settle_seconds`` after it
+        ended if accounting answered (``accounted``) without settling it."""
         view = scope.views.get(view_id)
         if view is None:
             event = JobEvent(self._next_seq(), job)
@@ -366,7 +390,9 @@ class JobWatcher:
         if view.terminal:
             view.terminal_at = view.terminal_at or observed
             waited = observed - view.terminal_at
-            view.final = (settled and is_final(job)) or waited >= self.settings.settle_seconds
+            view.final = (settled and is_final(job)) or (
+                accounted and waited >= self.settings.settle_seconds
+            )
         else:
             view.terminal_at = None
             view.final = False
@@ -396,6 +422,7 @@ class JobWatcher:
         while True:
             now = self._clock()
             sleep = self.settings.max_interval
+            leads = self.coordinator.leads()
             for name, scope in list(self._scopes.items()):
                 if scope.running is not None:
                     continue
@@ -404,10 +431,13 @@ class JobWatcher:
                     if scope.waiting:
                         self._release_waiters(scope.waiting)
                         scope.waiting = []
+                        scope.gen_of.clear()
                     scope.expire(now, self.settings)
                     if name != self.service_user and scope.idle():
                         del self._scopes[name]
                     continue
+                if not leads:
+                    continue  # the leading replica's rounds come through apply_remote
                 if due <= now:
                     scope.running = asyncio.create_task(self._round(scope))
                     scope.running.add_done_callback(functools.partial(self._round_done, scope))
@@ -428,15 +458,41 @@ class JobWatcher:
             if not future.done():
                 future.set_result(None)
 
+    def _interested(self, *, urgent: bool) -> int | None:
+        """Interest changed: wake the loop; while following, tell the leader. The
+        generation of the interest publication that will carry it (following), or None."""
+        self._wake.set()
+        if self.coordinator.leads():
+            return None
+        return self.coordinator.interest_changed(urgent=urgent)
+
     async def _round(self, scope: Scope) -> None:
         started = self._clock()
         scope.last_start = started
         scope.urgent = False
         waiting, scope.waiting = scope.waiting, []
+        for future in waiting:
+            scope.gen_of.pop(future, None)
         command_source.set("watcher")
         outcome = "ok"
+        result = RoundResult(scope.user)
+        asked = False
         try:
-            changed = await self._poll(scope, started)
+            remote = await self.coordinator.remote_interest()
+            self.set_remote(remote, set())
+            selection = select(scope, started, self.settings)
+            result, asked = await poll(
+                self.scheduler,
+                self._runner_for(scope.user),
+                scope,
+                selection,
+                self.settings.max_batch,
+            )
+            result.gens = remote.gens
+            result.seconds = self._clock() - started
+            count_accounting(scope, result, self._clock(), self.settings, self.system)
+            outcome = "partial" if result.unaccounted else "ok"
+            changed = self._apply(scope, result, observed=self._clock(), started=started)
             scope.failures = 0
             scope.last_done = self._clock()
             scope.round_seconds = scope.last_done - started
@@ -445,6 +501,8 @@ class JobWatcher:
             raise
         except Exception as exc:
             outcome = "error"
+            asked = True
+            result = RoundResult(scope.user, error="the watcher round failed")
             scope.failed_at = self._clock()
             scope.failures += 1
             backoff = self.settings.min_interval * 2 ** min(scope.failures, 10)
@@ -464,66 +522,84 @@ class JobWatcher:
                 self._metrics.watcher_round_seconds.labels(self.system).observe(
                     self._clock() - started
                 )
+        if asked:
+            await self.coordinator.share(result)
 
-    async def _poll(self, scope: Scope, now: float) -> bool:
-        """One round as the scope's identity: the controller, then accounting for
-        ended, vanished or never-seen jobs; True if anything changed."""
-        runner = self._runner_for(scope.user)
-        poll_ids = scope.window(scope.poll_ids(now), self.settings.max_batch)
+    def _apply(self, scope: Scope, result: RoundResult, *, observed: float, started: float) -> bool:
+        """Write a round's result into ``scope``'s views (only ids someone here watches);
+        True if anything changed."""
+        explicit = scope.explicit_ids(observed)
         followed = scope.follows_all()
-        limit = self.settings.max_batch
-        if followed:
-            users = sorted(scope.interested_users(now))
-            listed = await self.scheduler.active_jobs(runner, users=users)
-        elif poll_ids:
-            listed = await self.scheduler.active_jobs(runner, job_ids=poll_ids)
-        else:
-            return False
-        observed = self._clock()
-        records: dict[str, Job] = {}
-        raw_ids: dict[str, str] = {}
-        for item in listed:
-            records[item.job.job_id] = item.job
-            raw_ids.setdefault(item.raw_id, item.job.job_id)
-        view_ids = set(poll_ids)
-        if followed:
-            view_ids.update(
-                top_id(job_id) for job_id, job in records.items() if job.user in followed
-            )
-        found_by_id = {view_id: entries(view_id, records, raw_ids) for view_id in view_ids}
-        accounting = [
-            view_id
-            for view_id in sorted(view_ids, key=id_sort_key)
-            if wants_accounting(scope, view_id, found_by_id[view_id])
-        ][:limit]
-        accounted: list[Job] = []
-        if accounting:
-            accounted = await self.scheduler.accounted_jobs(runner, accounting)
-        accounted_ids = set(accounting)
         changed = False
-        for view_id in view_ids:
-            found = found_by_id[view_id]
-            mine = (
-                accounted_for(view_id, found, accounted, self.scheduler.drop_stale)
-                if view_id in accounted_ids
-                else []
-            )
-            merged = records_named(view_id, merge_records(found, mine)) if mine else found
+        for view_id, job in result.jobs.items():
+            if view_id not in scope.views and view_id not in explicit and job.user not in followed:
+                continue  # another replica's interest
             before = scope.views.get(view_id)
-            if not merged:
-                if view_id not in accounted_ids:
-                    continue  # not asked this round
-                if before is None:
-                    # neither the controller nor accounting knows it: stop watching it
-                    scope.missing[view_id] = now
-                    for by_id in scope.leases.values():
-                        by_id.pop(view_id, None)
-                else:
-                    before.observed = max(before.observed, observed)  # nothing newer known
-                continue
-            job = as_answer(view_id, merged)
             old_seq = before.seq if before is not None else None
-            is_settled = bool(mine) and settled(found, mine)
-            view = self._update(scope, view_id, job, observed, settled=is_settled)
+            view = self._update(
+                scope,
+                view_id,
+                job,
+                observed,
+                settled=view_id in result.settled,
+                accounted=view_id not in result.unaccounted,
+            )
             changed = changed or view.seq != old_seq
+        for view_id in result.nowhere:
+            before = scope.views.get(view_id)
+            if before is not None:
+                before.observed = max(before.observed, observed)  # nothing newer known
+            elif view_id in explicit:
+                # neither the controller nor accounting knows it: stop watching it
+                scope.missing[view_id] = started
+                for by_id in scope.leases.values():
+                    by_id.pop(view_id, None)
+        for view_id in result.unaccounted.difference(result.jobs):
+            if view_id in explicit and view_id not in scope.views:
+                scope.unresolved[view_id] = started
         return changed
+
+    # ------------------------------------------------------------ replicas (``lease``)
+
+    def local_interest(self) -> dict[str, Interest]:
+        """What this replica's clients watch, per scope (published while following)."""
+        now = self._clock()
+        found = {name: scope.interest(now, self.settings) for name, scope in self._scopes.items()}
+        return {name: interest for name, interest in found.items() if interest is not None}
+
+    def set_remote(self, remote: RemoteInterest, urgent: set[str]) -> None:
+        """The other replicas' interest, polled by this replica's rounds (leading)."""
+        for name in remote.scopes:
+            self._scope_named(name)
+        for name, scope in self._scopes.items():
+            scope.set_remote(remote.scopes.get(name, Interest()))
+            if name in remote.scopes and ("*" in urgent or name in urgent):
+                scope.urgent = True
+        self._wake.set()
+
+    def apply_remote(self, result: RoundResult) -> None:
+        """The leading replica's round (following): views, events, waiters, pace."""
+        scope = self._scopes.get(result.scope)
+        if scope is None:
+            return
+        now = self._clock()
+        if result.error is not None:
+            scope.failed_at = now
+            scope.failures += 1
+        else:
+            changed = self._apply(scope, result, observed=now, started=now)
+            scope.failures = 0
+            scope.last_start = now - result.seconds
+            scope.last_done = now
+            scope.round_seconds = result.seconds
+            scope.interval = scope.next_interval(now, changed, self.settings)
+        self._release_waiters(scope.included(result.gens.get(self.coordinator.replica, 0)))
+        scope.expire(now, self.settings)
+
+    def leadership_changed(self) -> None:
+        """Leading again: rounds start; following: another replica polls."""
+        if not self.coordinator.leads():
+            for scope in self._scopes.values():
+                scope.set_remote(Interest())
+            self.coordinator.interest_changed(urgent=bool(self._scopes))
+        self._wake.set()

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hpcgate.compute.jobs import id_sort_key
+from hpcgate.compute.watcher.lease import Interest
 from hpcgate.compute.watcher.views import JobView, Subscription
 from hpcgate.config import WatcherSettings
 
@@ -36,6 +37,17 @@ class Scope:
     wanted: Counter[str] = field(default_factory=Counter)
     # ids a round looked up (controller and accounting) and found nowhere -> its start
     missing: dict[str, float] = field(default_factory=dict)
+    # ids the controller does not show whose accounting command failed -> when
+    unresolved: dict[str, float] = field(default_factory=dict)
+    accounting_failures: int = 0  # consecutive rounds whose accounting command failed
+    accounting_retry_at: float = -math.inf
+    # what other replicas watch through this scope (read by the replica that leads)
+    remote_ids: set[str] = field(default_factory=set)
+    remote_follows: set[str] = field(default_factory=set)
+    remote_users: set[str] = field(default_factory=set)
+    remote_fast: bool = False
+    # a waiting future -> the generation of this replica's interest its round must include
+    gen_of: dict[asyncio.Future[None], int] = field(default_factory=dict)
     failed_at: float = -math.inf
     interval: float = 0.0
     last_start: float = -math.inf
@@ -75,7 +87,8 @@ class Scope:
         return {user for user, count in self.all_jobs.items() if count > 0}
 
     def has_interest(self, now: float) -> bool:
-        return bool(self.follows_all() or self.poll_ids(now) or self.waiting)
+        local = self.follows_all() or self.poll_ids(now) or self.waiting
+        return bool(local or self.remote_ids or self.remote_follows)
 
     def idle(self) -> bool:
         """Nothing left in it: a per-user scope may go."""
@@ -89,6 +102,8 @@ class Scope:
             or self.wanted
             or self.waiting
             or self.running
+            or self.remote_ids
+            or self.remote_follows
         )
 
     def lease(self, user: str, job_id: str, until: float, max_leases: int) -> bool:
@@ -110,6 +125,36 @@ class Scope:
             if not by_id:
                 del self.leases[user]
 
+    # ------------------------------------------------------------ replicas
+
+    def interest(self, now: float, settings: WatcherSettings) -> Interest | None:
+        """What this scope watches, for the replica that leads (None: nothing)."""
+        follows = self.follows_all()
+        ids = self.poll_ids(now)
+        if not (ids or follows or self.waiting):
+            return None
+        return Interest(
+            ids=frozenset(ids),
+            follows=frozenset(follows),
+            users=frozenset(self.interested_users(now)) if follows else frozenset(),
+            fast=self.next_interval(now, False, settings) == settings.min_interval,
+        )
+
+    def set_remote(self, interest: Interest) -> None:
+        """What the other replicas watch through this scope (this replica leads)."""
+        self.remote_ids = set(interest.ids)
+        self.remote_follows = set(interest.follows)
+        self.remote_users = set(interest.users)
+        self.remote_fast = interest.fast
+
+    def included(self, gen: int) -> list[asyncio.Future[None]]:
+        """Take the waiters whose interest (up to generation ``gen``) a round included."""
+        done = [f for f in self.waiting if self.gen_of.get(f, 0) <= gen]
+        self.waiting = [f for f in self.waiting if self.gen_of.get(f, 0) > gen]
+        for future in done:
+            self.gen_of.pop(future, None)
+        return done
+
     # ------------------------------------------------------------ rounds
 
     def window(self, poll_ids: list[str], limit: int) -> list[str]:
@@ -129,7 +174,7 @@ class Scope:
 
     def next_interval(self, now: float, changed: bool, settings: WatcherSettings) -> float:
         """``min_interval`` while anything watched can still change, else ``max_interval``."""
-        if changed or self.urgent or self.waiting:
+        if changed or self.urgent or self.waiting or self.remote_fast or self.remote_ids:
             return settings.min_interval
         watched = [self.views.get(i) for i in self.explicit_ids(now)]
         followed = self.follows_all()
@@ -155,9 +200,10 @@ class Scope:
         for (user, job_id), count in self.watches.items():
             if count > 0:
                 holders.setdefault(job_id, set()).add(user)
-        for job_id, since in list(self.missing.items()):
-            if now - since > settings.interest_seconds:
-                del self.missing[job_id]
+        for misses in (self.missing, self.unresolved):
+            for job_id, since in list(misses.items()):
+                if now - since > settings.interest_seconds:
+                    del misses[job_id]
         followed = self.follows_all()
         keep = settings.retention_seconds
         retained: dict[str | None, list[JobView]] = {}

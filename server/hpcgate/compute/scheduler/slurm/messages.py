@@ -1,8 +1,10 @@
 """Slurm's error messages read as the API's errors.
 
-A controller or accounting database out of reach is ``ServiceUnavailable``; a job
-sbatch rejects for the caller's request is ``BadRequest``; anything else unexpected
-is ``BadGateway``, always with Slurm's own lines (without prefixes and chatter).
+A controller or accounting database out of reach is ``ServiceUnavailable``, naming
+the daemon that is out of reach (``slurmdbd`` for accounting, ``slurmctld`` for
+the controller: an operator must know which to look at); a job sbatch rejects for
+the caller's request is ``BadRequest``; anything else unexpected is
+``BadGateway``, always with Slurm's own lines (without prefixes and chatter).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ _UNAVAILABLE = (
     "Socket timed out on send/recv",
     "Zero Bytes were transmitted or received",
     "Slurm backup controller in standby mode",
+    "slurm_persist_conn_open",
+    "Sending PersistInit msg",
     "Communication connection failure",
     "Transport endpoint is not connected",
     "Connection refused",
@@ -71,9 +75,30 @@ def is_unavailable(stderr: str) -> bool:
     return any(pattern in stderr for pattern in _UNAVAILABLE)
 
 
+ACCOUNTING_COMMANDS = frozenset({"sacct", "sacctmgr", "sreport"})
+"""Clients that talk to slurmdbd (the accounting daemon), not to slurmctld."""
+
+_ACCOUNTING_SIGNS = (
+    "Problem talking to the database",
+    "Unable to connect to database",
+    "slurmdbd",
+    "slurm_persist_conn_open",
+    "Sending PersistInit msg",
+)
+
+
+def unreachable_daemon(command: str, stderr: str) -> str:
+    """Which daemon a failed ``command`` could not reach: accounting clients and
+    database errors mean slurmdbd, everything else the controller."""
+    if command.split()[0] in ACCOUNTING_COMMANDS or any(s in stderr for s in _ACCOUNTING_SIGNS):
+        return "Slurm accounting daemon (slurmdbd)"
+    return "Slurm controller (slurmctld)"
+
+
 def unavailable(command: str, stderr: str) -> errors.ServiceUnavailable:
     return errors.ServiceUnavailable(
-        f"The Slurm controller is not reachable ({command}): {slurm_message(stderr)}"
+        f"The {unreachable_daemon(command, stderr)} is not reachable ({command}): "
+        f"{slurm_message(stderr)}"
     )
 
 

@@ -60,6 +60,7 @@ from hpcgate.compute.scheduler.base import time_window_seconds, validate_attach_
 from hpcgate.compute.scheduler.models import (
     Job,
     JobDescription,
+    JobListing,
     JobMetadata,
     JobStatus,
     JobTime,
@@ -67,6 +68,12 @@ from hpcgate.compute.scheduler.models import (
     Partition,
     Reservation,
     UserInfo,
+)
+from hpcgate.compute.scheduler.reports import JobAccounting, JobPreflight
+from hpcgate.compute.scheduler.slurm.accounting import (
+    parse_accounting,
+    sacct_accounting_argv,
+    select_accounting,
 )
 from hpcgate.compute.scheduler.slurm.caches import RecentSubmissions, TtlCache
 from hpcgate.compute.scheduler.slurm.cluster_records import (
@@ -102,6 +109,9 @@ from hpcgate.compute.scheduler.slurm.messages import (
     unavailable,
     unexpected,
 )
+from hpcgate.compute.scheduler.slurm.preflight import MAX_OUTPUT as PREFLIGHT_MAX_OUTPUT
+from hpcgate.compute.scheduler.slurm.preflight import read_test_only
+from hpcgate.compute.scheduler.slurm.preflight import refused as preflight_refused
 from hpcgate.compute.scheduler.slurm.sbatch import (
     PLAIN_VALUE,
     build_sbatch_options,
@@ -215,7 +225,8 @@ class SlurmScheduler:
         return jobs
 
     async def _sacct(self, runner: CommandRunner, *selection: str) -> list[Job]:
-        argv = [*_EPOCH_TIMES, "sacct", "-n", "-p", f"--delimiter={FIELD_SEP}"]
+        sacct = self.settings.sacct_path
+        argv = [*_EPOCH_TIMES, sacct, "-n", "-p", f"--delimiter={FIELD_SEP}"]
         result = await self._run(runner, [*argv, "-o", ",".join(SACCT_FIELDS), *selection])
         if not result.ok:
             raise unexpected("sacct", result.exit_status, result.stderr)
@@ -232,19 +243,7 @@ class SlurmScheduler:
         (``#SBATCH --test-only``, ``--wait``) is a ``BadRequest`` before anything
         runs; for a ``scriptPath`` script, sbatch's "Job N to start at" answer is.
         """
-        options = build_sbatch_options(description, self.settings.extra_sbatch_options, comment)
-        if description.script is not None:
-            refused = forbidden_directive(description.script)
-            if refused is not None:
-                raise refused
-        sbatch = "sbatch"
-        if description.env:
-            if "PATH" in description.env:  # env would look sbatch up in the job's PATH
-                sbatch = self.settings.sbatch_path
-            assignments = [f"{name}={value}" for name, value in description.env.items()]
-            argv = ["env", *assignments, sbatch, "--export=ALL", *options]
-        else:
-            argv = [sbatch, *options]
+        argv, sbatch = self._sbatch_argv(description, comment=comment)
         result = await self._run(runner, argv, stdin=description.script)
         if not result.ok:
             if sbatch != "sbatch" and result.exit_status in (126, 127):
@@ -266,6 +265,56 @@ class SlurmScheduler:
         if user is not None:
             self.recent.add(user, self._submitted(job_id, cluster, description, user))
         return job_id
+
+    def _sbatch_argv(
+        self, description: JobDescription, *, comment: str | None = None, test_only: bool = False
+    ) -> tuple[list[str], str]:
+        """sbatch's argv for ``description`` and the sbatch it runs; the checks of a
+        submission (``BadRequest``) come first. ``test_only``: ``--test-only`` and
+        start times as epoch seconds (the dry run)."""
+        options = build_sbatch_options(description, self.settings.extra_sbatch_options, comment)
+        if description.script is not None:
+            refused = forbidden_directive(description.script)
+            if refused is not None:
+                raise refused
+        if test_only:
+            options.insert(0, "--test-only")
+        sbatch = "sbatch"
+        assignments = ["SLURM_TIME_FORMAT=%s"] if test_only else []
+        if description.env:
+            if "PATH" in description.env:  # env would look sbatch up in the job's PATH
+                sbatch = self.settings.sbatch_path
+            assignments += [f"{name}={value}" for name, value in description.env.items()]
+            return ["env", *assignments, sbatch, "--export=ALL", *options], sbatch
+        return (["env", *assignments] if assignments else []) + [sbatch, *options], sbatch
+
+    async def preflight(self, runner: CommandRunner, description: JobDescription) -> JobPreflight:
+        """``sbatch --test-only`` with a submission's argv: the controller's verdict,
+        nothing submitted (``slurm.preflight``). A request a submission would refuse
+        before sbatch runs is a refusal too."""
+        try:
+            argv, sbatch = self._sbatch_argv(description, test_only=True)
+        except errors.BadRequest as exc:
+            return preflight_refused(exc.message, category="request")
+        result = await runner.run(
+            argv,
+            stdin=description.script,
+            timeout=self.settings.timeout,
+            max_output=PREFLIGHT_MAX_OUTPUT,
+        )
+        return read_test_only(result, sbatch)
+
+    async def accounting(self, runner: CommandRunner, job_id: str) -> list[JobAccounting]:
+        """``sacct -j``: the job's (an array's tasks') accounting (``slurm.accounting``)."""
+        job_id = validate_job_id(job_id)
+        result = await self._run(runner, sacct_accounting_argv(self.settings.sacct_path, job_id))
+        if not result.ok:
+            raise unexpected("sacct", result.exit_status, result.stderr)
+        records = self._parsed("sacct", lambda: parse_accounting(result.stdout))
+        found = select_accounting(job_id, records)
+        if not found:
+            raise errors.NotFound(f"Job not found: {job_id} (no accounting record yet)")
+        return found
 
     def _submitted(
         self, job_id: str, cluster: str | None, description: JobDescription, user: str
@@ -359,26 +408,37 @@ class SlurmScheduler:
             if "," not in value:  # both commands take lists: filter exactly below
                 active_sel.append(f"--{option}={value}")
                 accounted_sel.append(f"--{option}={value}")
+        missing: str | None = None
+
+        async def ended() -> list[Job]:
+            nonlocal missing
+            try:
+                return await self._sacct(runner, *accounted_sel)
+            except errors.ServiceUnavailable as exc:  # slurmdbd down: squeue still answers
+                missing = f"ended jobs are missing: {exc.message}"
+                log.warning("job listing without accounting: %s", exc.message)
+                return []
+
         try:
-            active, accounted = await _gather(
-                self._squeue(runner, *active_sel), self._sacct(runner, *accounted_sel)
-            )
+            active, accounted = await _gather(self._squeue(runner, *active_sel), ended())
         except errors.OutputTooLarge as exc:
             raise errors.BadRequest(
                 f"The job listing is too large: {exc.message}; narrow it with a shorter "
                 "time_window or a name or account filter"
             ) from exc
         user = _user_key(runner)
-        listed = merge_jobs([a.job for a in active], accounted)
+        listed = JobListing(merge_jobs([a.job for a in active], accounted))
+        listed.missing = missing
         known = {top_id(job.job_id) for job in listed}
         if user is not None:
             listed.extend(job for job in self.recent.of_user(user) if job.job_id not in known)
             listed.sort(key=job_sort_key)
-        return [
+        listed[:] = [
             job
             for job in listed
             if (name is None or job.name == name) and (account is None or job.account == account)
         ]
+        return listed
 
     async def active_jobs(
         self,
@@ -420,7 +480,8 @@ class SlurmScheduler:
             raise errors.BadRequest("Invalid comment")
         fields = ("ArrayJobID", "JobID", "Comment")
         squeue = [*_EPOCH_TIMES, "squeue", "-h", "-t", "all", "--me", "-O", format_fields(fields)]
-        sacct = [*_EPOCH_TIMES, "sacct", "-n", "-X", "-p", f"--delimiter={FIELD_SEP}"]
+        sacct = [*_EPOCH_TIMES, self.settings.sacct_path, "-n", "-X", "-p"]
+        sacct += [f"--delimiter={FIELD_SEP}"]
         sacct += ["-S", sacct_since(since), "-E", "now", "-o", "JobID,Comment"]
         active, accounted = await _gather(self._run(runner, squeue), self._run(runner, sacct))
         found: set[str] = set()
@@ -435,8 +496,10 @@ class SlurmScheduler:
             for job_id, text in self._parsed("sacct", lambda: split_records(accounted.stdout, 2)):
                 if text.strip() == comment:
                     found.add(re.split(r"[_+.]", job_id.strip(), maxsplit=1)[0])
-        else:
-            log.warning("sacct failed in a comment lookup: %s", slurm_message(accounted.stderr))
+        elif not found:
+            # "accounting did not answer" is not "no such job": the controller may have
+            # forgotten it already, and answering none would let the caller submit twice
+            raise unexpected("sacct", accounted.exit_status, accounted.stderr)
         return sorted(found, key=int)
 
     async def cancel(self, runner: CommandRunner, job_id: str) -> None:
@@ -583,5 +646,14 @@ class SlurmScheduler:
         text = f"{result.stdout}\n{result.stderr}".strip()
         if not result.ok or not re.search(r"\bis UP\b", result.stdout):
             raise errors.ServiceUnavailable(
-                f"The Slurm controller does not answer: {slurm_message(text)}"
+                f"The Slurm controller (slurmctld) does not answer: {slurm_message(text)}"
             )
+
+    async def ping_accounting(self, runner: CommandRunner) -> None:
+        """``sacct`` for the runner's own jobs of the last minute (an empty answer, ~90
+        ms): returns when slurmdbd answers; ``ServiceUnavailable`` naming slurmdbd
+        otherwise."""
+        argv = [self.settings.sacct_path, "-n", "-X", "-o", "JobID", "-S", "now-60", "-E", "now"]
+        result = await self._run(runner, argv)
+        if not result.ok:
+            raise unavailable("sacct", result.stderr or f"exit status {result.exit_status}")

@@ -8,6 +8,10 @@ after recording, before answering (``DelayedSubmitter``: the client loses the an
 Run like ``hpcgate serve``::
 
     python -m tests.faults serve --config hpcgate.yaml --port 8000
+
+The fault drills of the package's test modules (a private site whose daemons are
+stopped and restarted under load, servers killed mid-wait) are described in
+docs/faults.md.
 """
 
 from __future__ import annotations
@@ -111,7 +115,3 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
     return _serve(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
