@@ -53,6 +53,18 @@ class HpcApiError(HpcError):
         return self.status_code in TRANSIENT_STATUSES or self.status_code >= 500
 
 
+class HpcPreflightUnsupported(HpcError):
+    """The server ignored the dry-run flag and submitted the job (a plain FirecREST
+    server): ``job_id`` names it, so that the caller cancels it."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"the server does not support pre-flight checks (dryRun): it submitted job "
+            f"{job_id} instead; pre-flight needs hpcgate (set preflight=False otherwise)"
+        )
+
+
 class HpcNotFoundError(HpcApiError):
     """404: unknown job, system, or no such file or directory."""
 

@@ -4,9 +4,16 @@ An input file made on the worker is uploaded (streamed, sha256 verified), a 4-ta
 array processes it (the script is a Jinja template file next to this DAG, in
 ``scripts/``), and each task's output is downloaded by a mapped task and summed.
 
-Connection: ``AIRFLOW_CONN_HPC_DEFAULT`` (JSON form, see the provider README). The DAG
-params default to ``HPC_SYSTEM`` (else ``hpcsite``) and ``HPC_WORKDIR`` (a directory the
-job user may write on the cluster); a run's conf may override them.
+Connection ``hpc_default`` (Admin > Connections, or ``AIRFLOW_CONN_HPC_DEFAULT``; see
+the provider README). Params, shown in the UI's trigger form (*Trigger DAG*, then edit
+the fields; or a run's conf ``{"workdir": ...}``):
+
+- ``system``: the cluster; default ``HPC_SYSTEM``, else ``hpcsite``.
+- ``workdir``: the base directory on the cluster the run writes under. Left empty
+  (the default unless ``HPC_WORKDIR`` is set where the DAG is parsed) it is the
+  connection user's own directory, asked of the API when the run starts: the first of
+  ``<scratch>/<user>`` and ``<home filesystem>/<user>`` that exists (on the local site
+  ``.site/fs/scratch/hpcuser1``). Type a path in the form to use another one.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, task
 
+from airflow_provider_hpc.fs.workdir import hpc_workdir
 from airflow_provider_hpc.operators.files import (
     HpcDownloadOperator,
     HpcFileOperator,
@@ -26,13 +34,18 @@ from airflow_provider_hpc.operators.files import (
 from airflow_provider_hpc.operators.job import HpcSubmitJobOperator
 
 SYSTEM = os.environ.get("HPC_SYSTEM", "hpcsite")
-WORKDIR = os.environ.get("HPC_WORKDIR", "/scratch/hpcuser")
+WORKDIR = os.environ.get("HPC_WORKDIR", "")
 PARAMS = {
     "system": Param(SYSTEM, type="string", description="cluster (system) name"),
-    "workdir": Param(WORKDIR, type="string", description="base directory on the cluster"),
+    "workdir": Param(
+        WORKDIR,
+        type=["null", "string"],
+        title="Working directory",
+        description="base directory on the cluster; empty: your scratch (or home) directory",
+    ),
 }
 #: The run's own directory on the cluster (run ids contain ':' and '+').
-RUN_DIR = "{{ params.workdir }}/{{ dag.dag_id }}/{{ run_id | slug }}"
+RUN_DIR = "{{ hpc_workdir(params.workdir, params.system) }}/{{ dag.dag_id }}/{{ run_id | slug }}"
 LOCAL_DIR = os.environ.get("HPC_LOCAL_DIR", os.path.join(tempfile.gettempdir(), "hpc-examples"))
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=10), "hpc_conn_id": "hpc_default"}
 
@@ -54,6 +67,7 @@ with DAG(
     tags=["hpc", "example"],
     doc_md=__doc__,
     user_defined_filters={"slug": slug},
+    user_defined_macros={"hpc_workdir": hpc_workdir},
 ):
 
     @task

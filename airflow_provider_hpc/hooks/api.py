@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from airflow_provider_hpc.exceptions import HpcApiError, HpcNotFoundError
+from airflow_provider_hpc.exceptions import HpcApiError, HpcNotFoundError, HpcPreflightUnsupported
 from airflow_provider_hpc.hooks.models import (
     ApiErrorBody,
     FileChecksum,
@@ -26,11 +26,15 @@ from airflow_provider_hpc.hooks.models import (
     FileStat,
     FileStatResponse,
     Job,
+    JobAccounting,
+    JobAccountingResponse,
     JobMetadata,
     JobMetadataResponse,
+    JobPageLink,
     JobSpec,
     JobsResponse,
     JobSubmitted,
+    PreflightResult,
     System,
     SystemsResponse,
     TextResponse,
@@ -156,6 +160,52 @@ def job_metadata(system: str, job_id: str) -> ApiCall[list[JobMetadata]]:
         f"/compute/{_seg(system)}/jobs/{_seg(job_id)}/metadata",
         lambda r: _model(JobMetadataResponse)(r).jobs or [],
     )
+
+
+def job_page_link(system: str, job_id: str) -> ApiCall[str]:
+    """hpcgate: a browser link to the job (signed, expiring; or the site portal's)."""
+
+    return ApiCall(
+        "POST",
+        f"/compute/{_seg(system)}/jobs/{_seg(job_id)}/page-link",
+        lambda r: _model(JobPageLink)(r).url,
+    )
+
+
+def preflight_job(system: str, job: JobSpec) -> ApiCall[PreflightResult]:
+    """hpcgate: ``sbatch --test-only`` (``?dryRun=true``); submits nothing on hpcgate.
+
+    A server without dry runs submits the job and answers 201 with its id: that is
+    :class:`HpcPreflightUnsupported` (the hook cancels the job), and the call is not
+    retried blindly, since on such a server every attempt is a submission.
+    """
+
+    def parse(response: httpx.Response) -> PreflightResult:
+        body = response.json()
+        if isinstance(body, dict) and "valid" not in body and body.get("jobId") is not None:
+            raise HpcPreflightUnsupported(str(body["jobId"]))
+        return PreflightResult.model_validate(body)
+
+    return ApiCall(
+        "POST",
+        f"/compute/{_seg(system)}/jobs",
+        parse,
+        {"dryRun": "true"},
+        json=job.to_wire(),
+        idempotent=False,
+    )
+
+
+def job_accounting(system: str, job_id: str) -> ApiCall[JobAccounting]:
+    """hpcgate: ``GET .../accounting``; an array's tasks are summed up."""
+
+    def parse(response: httpx.Response) -> JobAccounting:
+        records = _model(JobAccountingResponse)(response).jobs or []
+        if not records:
+            raise ValueError(f"the server's answer has no accounting for job {job_id}")
+        return JobAccounting.from_records(str(job_id), records)
+
+    return ApiCall("GET", f"/compute/{_seg(system)}/jobs/{_seg(job_id)}/accounting", parse)
 
 
 # --------------------------------------------------------------------------- filesystem

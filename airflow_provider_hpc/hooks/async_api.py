@@ -6,16 +6,18 @@ lookup inside the triggerer would block its event loop.
 
 from __future__ import annotations
 
-from airflow_provider_hpc.exceptions import HpcNotFoundError
+from airflow_provider_hpc.exceptions import HpcNotFoundError, HpcPreflightUnsupported
 from airflow_provider_hpc.hooks import api
 from airflow_provider_hpc.hooks.base import HpcBaseHook
 from airflow_provider_hpc.hooks.models import (
     FileContent,
     FileStat,
     Job,
+    JobAccounting,
     JobMetadata,
     JobSpec,
     JobSummary,
+    PreflightResult,
 )
 from airflow_provider_hpc.hooks.sync_api import newest_named
 
@@ -55,6 +57,17 @@ class HpcAsyncApi(HpcBaseHook):
         self, job_id: str, *, system: str | None = None
     ) -> list[JobMetadata]:
         return await self._arun(api.job_metadata(await self.aresolve_system(system), job_id))
+
+    async def apreflight_job(self, job: JobSpec, *, system: str | None = None) -> PreflightResult:
+        resolved = await self.aresolve_system(system)
+        try:
+            return await self._arun(api.preflight_job(resolved, job))
+        except HpcPreflightUnsupported as exc:  # see api.preflight_job
+            await self.acancel_job(exc.job_id, system=resolved)
+            raise
+
+    async def aget_job_accounting(self, job_id: str, *, system: str | None = None) -> JobAccounting:
+        return await self._arun(api.job_accounting(await self.aresolve_system(system), job_id))
 
     async def astat(
         self, path: str, *, system: str | None = None, dereference: bool = False

@@ -23,7 +23,7 @@ from airflow_provider_hpc import __version__
 from airflow_provider_hpc.exceptions import HpcApiError, HpcConnectionError, HpcError
 from airflow_provider_hpc.hooks import api
 from airflow_provider_hpc.hooks.auth import HpcAuth, credentials_identity
-from airflow_provider_hpc.hooks.config import HpcConnectionConfig
+from airflow_provider_hpc.hooks.config import HpcConnectionConfig, describe_transport_error
 from airflow_provider_hpc.hooks.retry import (
     IDEMPOTENT,
     AsyncRetryTransport,
@@ -230,7 +230,7 @@ class HpcBaseHook(BaseHook):
         try:
             response = client.send(request, stream=stream)
         except httpx.TransportError as exc:
-            raise HpcConnectionError(f"{call.method} {request.url.path}: {exc!r}") from exc
+            raise HpcConnectionError(self._unreachable(call.method, request.url, exc)) from exc
         if not response.is_success:
             try:
                 response.read()
@@ -246,9 +246,13 @@ class HpcBaseHook(BaseHook):
         try:
             response = await client.send(request)
         except httpx.TransportError as exc:
-            raise HpcConnectionError(f"{call.method} {request.url.path}: {exc!r}") from exc
+            raise HpcConnectionError(self._unreachable(call.method, request.url, exc)) from exc
         api.raise_for_error(response)
         return response
+
+    def _unreachable(self, method: str, url: httpx.URL, exc: Exception) -> str:
+        guessed = self._config is not None and self._config.scheme_guessed
+        return describe_transport_error(method, url, exc, scheme_guessed=guessed)
 
     def _run(self, call: api.ApiCall[T]) -> T:
         return _parse(call, self._send(call))
@@ -273,7 +277,7 @@ class HpcBaseHook(BaseHook):
         try:
             response = await client.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise HpcConnectionError(f"GET {request.url.path}: {exc!r}") from exc
+            raise HpcConnectionError(self._unreachable("GET", request.url, exc)) from exc
         try:
             yield response
         finally:

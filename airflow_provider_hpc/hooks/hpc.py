@@ -12,8 +12,9 @@ from functools import cached_property
 import httpx
 
 from airflow_provider_hpc.exceptions import HpcAuthError, HpcError
+from airflow_provider_hpc.get_provider_info import NAME
 from airflow_provider_hpc.hooks.async_api import HpcAsyncApi
-from airflow_provider_hpc.hooks.config import HpcConnectionConfig
+from airflow_provider_hpc.hooks.config import HpcConfigError, HpcConnectionConfig
 from airflow_provider_hpc.hooks.retry import RetryPolicy, retry_after_seconds
 from airflow_provider_hpc.hooks.sync_api import HpcSyncApi, file_digest
 from airflow_provider_hpc.hooks.waiting import ErrorBudget
@@ -40,7 +41,7 @@ class HpcHook(HpcSyncApi, HpcAsyncApi):
     conn_name_attr = "hpc_conn_id"
     default_conn_name = "hpc_default"
     conn_type = "hpc"
-    hook_name = "HPC (FirecREST v2)"
+    hook_name = NAME
 
     def fresh(self) -> HpcHook:
         """A hook with this one's settings and parsed connection but its own clients
@@ -51,9 +52,18 @@ class HpcHook(HpcSyncApi, HpcAsyncApi):
         return other
 
     def test_connection(self) -> tuple[bool, str]:
-        """Authenticate and list systems; check the configured system exists."""
+        """Authenticate and list systems; check the configured system exists.
+
+        Airflow's Test button runs this under a temporary connection id: messages name
+        the API URL, never the id. (Airflow 3.3.2's button in the connection list sends
+        ``port: 0`` and is refused before it gets here, apache/airflow#73298; the button
+        in the edit dialog and ``airflow connections test ID`` work.)"""
         try:
             names = [system.name for system in self.list_systems()]
+        except HpcConfigError as exc:
+            return False, exc.problem
+        except HpcAuthError as exc:
+            return False, f"could not get a token for {self.config.base_url}: {exc}"
         except (HpcError, httpx.HTTPError, ValueError) as exc:
             return False, str(exc)
         wanted = self.system or self.config.system

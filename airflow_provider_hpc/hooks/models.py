@@ -6,7 +6,7 @@ strings) so that small server differences do not break a running DAG.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -293,6 +293,178 @@ class JobSummary(WireModel):
             tasks=len(jobs),
             task_states={job.job_id: job.state for job in ordered},
         )
+
+
+class JobPageLink(WireModel):
+    """``POST .../jobs/{id}/page-link`` (hpcgate): a URL a person can open in a browser,
+    and until when it works (None: the site portal's, which does not expire)."""
+
+    url: str
+    expires_at: str | None = None
+
+
+# --------------------------------------------------------------------------- preflight, accounting
+
+
+class PreflightResult(WireModel):
+    """``POST .../jobs?dryRun=true``: would the scheduler accept the job (nothing is
+    submitted); if not, ``reason`` (``category``: account, partition, qos, time_limit,
+    resources, request)."""
+
+    valid: bool
+    reason: str | None = None
+    category: str | None = None
+    expected_start: int | None = None
+    nodes: str | None = None
+    partition: str | None = None
+    processors: int | None = None
+    message: str | None = None
+
+    def describe(self) -> str:
+        """One line for the task log."""
+        if not self.valid:
+            return f"refused ({self.category or 'other'}): {self.reason or self.message or '?'}"
+        where = f"{self.processors or '?'} CPUs on {self.nodes or '?'} in {self.partition or '?'}"
+        if self.expected_start is None:
+            return f"valid: {where}"
+        start = datetime.fromtimestamp(self.expected_start, tz=UTC)
+        return f"valid: {where}, expected start {start:%Y-%m-%d %H:%M:%S} UTC"
+
+
+class StepAccounting(WireModel):
+    id: str
+    name: str | None = None
+    state: str = "UNKNOWN"
+    exit_code: int | None = None
+    elapsed_seconds: int | None = None
+    alloc_cpus: int | None = None
+    total_cpu_seconds: float | None = None
+    max_rss_bytes: int | None = None
+
+
+class JobAccountingRecord(WireModel):
+    """One accounting record as the server sends it (a job, or one array task)."""
+
+    job_id: str
+    name: str | None = None
+    user: str | None = None
+    state: str = "UNKNOWN"
+    exit_code: int | None = None
+    account: str | None = None
+    partition: str | None = None
+    qos: str | None = None
+    node_list: str | None = None
+    submit: int | None = None
+    start: int | None = None
+    end: int | None = None
+    queue_wait_seconds: int | None = None
+    elapsed_seconds: int | None = None
+    time_limit_minutes: int | None = None
+    alloc_nodes: int | None = None
+    alloc_cpus: int | None = None
+    node_hours: float | None = None
+    cpu_hours: float | None = None
+    total_cpu_seconds: float | None = None
+    cpu_efficiency: float | None = None
+    max_rss_bytes: int | None = None
+    max_rss_step: str | None = None
+    requested_memory: str | None = None
+    steps: list[StepAccounting] = []
+    steps_truncated: bool = False
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _state(cls, value: Any) -> Any:
+        return normalize_state(value) if isinstance(value, str) else value
+
+
+class JobAccounting(JobAccountingRecord):
+    """A job's accounting (``sacct``); for an array id, ``tasks`` holds each task and the
+    top-level figures are totals (hours, CPU time) or maxima (RSS, elapsed, wait)."""
+
+    tasks: list[JobAccountingRecord] | None = None
+
+    @classmethod
+    def from_records(cls, job_id: str, records: list[JobAccountingRecord]) -> JobAccounting:
+        """The record for ``job_id``, or for an array the sum of its tasks' records."""
+        own = next((record for record in records if record.job_id == job_id), None)
+        if own is not None or len(records) == 1:
+            return cls.model_validate((own or records[0]).model_dump())
+        if not records:
+            raise ValueError(f"no accounting record for job {job_id}")
+
+        def total(field: str) -> float | None:
+            values = [getattr(r, field) for r in records if getattr(r, field) is not None]
+            return round(sum(values), 6) if values else None
+
+        def most(field: str) -> Any:
+            values = [getattr(r, field) for r in records if getattr(r, field) is not None]
+            return max(values) if values else None
+
+        summary = JobSummary.from_jobs(
+            job_id,
+            [Job(job_id=r.job_id, status=JobStatus(state=r.state)) for r in records],
+        )
+        used = [
+            (r.elapsed_seconds or 0) * (r.alloc_cpus or 0)
+            for r in records
+            if r.cpu_efficiency is not None
+        ]
+        cpu = [r.total_cpu_seconds or 0.0 for r in records if r.cpu_efficiency is not None]
+        rss = max(
+            (r for r in records if r.max_rss_bytes is not None),
+            key=lambda r: r.max_rss_bytes or 0,
+            default=None,
+        )
+        return cls(
+            job_id=job_id,
+            name=records[0].name,
+            user=records[0].user,
+            state=summary.state,
+            exit_code=most("exit_code"),
+            account=records[0].account,
+            partition=records[0].partition,
+            qos=records[0].qos,
+            submit=min((r.submit for r in records if r.submit), default=None),
+            start=min((r.start for r in records if r.start), default=None),
+            end=most("end"),
+            queue_wait_seconds=most("queue_wait_seconds"),
+            elapsed_seconds=most("elapsed_seconds"),
+            alloc_nodes=most("alloc_nodes"),
+            alloc_cpus=most("alloc_cpus"),
+            node_hours=total("node_hours"),
+            cpu_hours=total("cpu_hours"),
+            total_cpu_seconds=total("total_cpu_seconds"),
+            cpu_efficiency=round(sum(cpu) / sum(used), 4) if used and sum(used) else None,
+            max_rss_bytes=rss.max_rss_bytes if rss else None,
+            max_rss_step=rss.max_rss_step if rss else None,
+            tasks=records,
+        )
+
+    def summary(self) -> str:
+        """One line for the task log."""
+        parts = [self.state]
+        if self.tasks:
+            parts.append(f"{len(self.tasks)} array tasks")
+        if self.elapsed_seconds is not None:
+            parts.append(f"elapsed {timedelta(seconds=self.elapsed_seconds)}")
+        if self.queue_wait_seconds is not None:
+            parts.append(f"queued {timedelta(seconds=self.queue_wait_seconds)}")
+        if self.alloc_nodes is not None or self.alloc_cpus is not None:
+            parts.append(f"{self.alloc_nodes or '?'} node(s), {self.alloc_cpus or '?'} CPUs")
+        if self.node_hours is not None:
+            parts.append(f"{self.node_hours:.4g} node-h")
+        if self.cpu_hours is not None:
+            parts.append(f"{self.cpu_hours:.4g} CPU-h")
+        if self.max_rss_bytes is not None:
+            parts.append(f"max RSS {self.max_rss_bytes / 2**20:.1f} MiB")
+        if self.cpu_efficiency is not None:
+            parts.append(f"CPU efficiency {self.cpu_efficiency:.0%}")
+        return ", ".join(parts)
+
+
+class JobAccountingResponse(WireModel):
+    jobs: list[JobAccountingRecord] | None = None
 
 
 # --------------------------------------------------------------------------- filesystem

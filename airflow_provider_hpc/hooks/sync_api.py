@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable
 from typing import IO, Any
 
-from airflow_provider_hpc.exceptions import HpcNotFoundError
+from airflow_provider_hpc.exceptions import HpcNotFoundError, HpcPreflightUnsupported
 from airflow_provider_hpc.hooks import api
 from airflow_provider_hpc.hooks.base import HpcBaseHook
 from airflow_provider_hpc.hooks.models import (
@@ -20,9 +20,11 @@ from airflow_provider_hpc.hooks.models import (
     FileEntry,
     FileStat,
     Job,
+    JobAccounting,
     JobMetadata,
     JobSpec,
     JobSummary,
+    PreflightResult,
     System,
     TransferJob,
 )
@@ -70,6 +72,25 @@ class HpcSyncApi(HpcBaseHook):
 
     def get_job_metadata(self, job_id: str, *, system: str | None = None) -> list[JobMetadata]:
         return self._run(api.job_metadata(self.resolve_system(system), job_id))
+
+    def get_job_page_url(self, job_id: str, *, system: str | None = None) -> str:
+        """A link a person can open in a browser (hpcgate's signed job page, or the site's
+        portal); :class:`HpcApiError` 404/405 from servers without job pages."""
+        return self._run(api.job_page_link(self.resolve_system(system), job_id))
+
+    def preflight_job(self, job: JobSpec, *, system: str | None = None) -> PreflightResult:
+        """hpcgate: would the scheduler accept ``job``? (``sbatch --test-only``; nothing
+        is submitted; a refusal is ``valid=False``, not an exception)."""
+        resolved = self.resolve_system(system)
+        try:
+            return self._run(api.preflight_job(resolved, job))
+        except HpcPreflightUnsupported as exc:
+            self.cancel_job(exc.job_id, system=resolved)
+            raise
+
+    def get_job_accounting(self, job_id: str, *, system: str | None = None) -> JobAccounting:
+        """hpcgate: the job's accounting (``sacct``); for an array id, the tasks summed."""
+        return self._run(api.job_accounting(self.resolve_system(system), job_id))
 
     def wait_for_job(
         self,

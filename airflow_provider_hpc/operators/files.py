@@ -1,30 +1,34 @@
-"""Staging operators: upload / download (streamed, checksum verified) and file operations."""
+"""Staging operators: upload / download (streamed, checksum verified) and file operations.
+
+The data moves through :class:`~airflow_provider_hpc.fs.filesystem.HpcFileSystem` (the
+``hpc`` scheme of ``ObjectStoragePath``), so either side may be any object storage."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import posixpath
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_hpc.exceptions import HpcChecksumError, HpcError, HpcJobError
-from airflow_provider_hpc.hooks.hpc import HpcHook, UsesHpcHook, file_digest
+from airflow_provider_hpc.exceptions import HpcError, HpcJobError
+from airflow_provider_hpc.fs.filesystem import HpcFileSystem
+from airflow_provider_hpc.hooks.hpc import HpcHook, UsesHpcHook
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
 
 def _is_object_storage(path: Any) -> bool:
-    if isinstance(path, str):
-        return "://" in path and not path.startswith("file://")
+    """A URL or ``ObjectStoragePath`` other than a local ``file://`` one."""
     from airflow.sdk import ObjectStoragePath
 
-    return isinstance(path, ObjectStoragePath)
+    if isinstance(path, ObjectStoragePath):
+        return path.protocol not in ("", "file", "local")
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
 
 
 def _storage_path(path: Any) -> ObjectStoragePath:
@@ -34,8 +38,20 @@ def _storage_path(path: Any) -> ObjectStoragePath:
 
 
 def _local(path: Any) -> Path:
-    text = os.fspath(path)
-    return Path(text.removeprefix("file://"))
+    from airflow.sdk import ObjectStoragePath
+
+    text = path.path if isinstance(path, ObjectStoragePath) else os.fspath(path)
+    return Path(str(text).removeprefix("file://"))
+
+
+def _is_hpc(path: Any) -> bool:
+    return (_is_object_storage(path) and _storage_path(path).protocol == "hpc") or (
+        isinstance(path, str) and path.startswith("hpc://")
+    )
+
+
+def _name(path: Any) -> str:
+    return posixpath.basename(str(path).rstrip("/"))
 
 
 class _HpcFilesBase(UsesHpcHook, BaseOperator):
@@ -46,33 +62,42 @@ class _HpcFilesBase(UsesHpcHook, BaseOperator):
         *,
         system: str | None = None,
         hpc_conn_id: str = HpcHook.default_conn_name,
+        verify_checksum: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.system = system
         self.hpc_conn_id = hpc_conn_id
+        self.verify_checksum = verify_checksum
 
-    def _verify(self, remote_path: str, local_digest: str, reread: Any) -> str:
-        """Compare with the server's checksum; ``reread(name)`` digests the local side anew
-        when the server uses another algorithm than sha256."""
-        remote = self.hook.checksum(remote_path, system=self.system)
-        name = remote.hashlib_name
-        local = local_digest if name == "sha256" else reread(name)
-        if local.lower() != remote.checksum.lower():
-            raise HpcChecksumError(
-                f"{remote_path}: {remote.algorithm} local {local} != remote {remote.checksum}"
-            )
-        self.log.info("%s verified (%s %s)", remote_path, remote.algorithm, remote.checksum)
-        return local
+    def _cluster(self, path: Any) -> tuple[HpcFileSystem, str]:
+        """The filesystem and fs path of a cluster path: a plain absolute path (on the
+        operator's system and connection) or an ``hpc://conn@system/path`` URL / path."""
+        if _is_hpc(path):
+            target = _storage_path(path)
+            conn_id = target.conn_id or self.hpc_conn_id
+            hook = self.hook if conn_id == self.hpc_conn_id else HpcHook(conn_id)
+            fs_path = str(target.path) + ("/" if str(path).endswith("/") else "")
+            return HpcFileSystem.for_hook(hook, verify=self.verify_checksum), fs_path
+        system = self.hook.resolve_system(self.system)
+        fs = HpcFileSystem.for_hook(self.hook, verify=self.verify_checksum)
+        return fs, f"{system}{path}"
 
 
 class HpcUploadOperator(_HpcFilesBase):
-    """Stream a local file (or an ``ObjectStoragePath`` / URL such as ``s3://...``) to the cluster.
+    """Stream a file to the cluster, its SHA-256 compared with the server's afterwards.
 
-    :param local_path: source on the worker or in object storage.
-    :param remote_path: target file on the cluster (a trailing ``/`` keeps the source name).
+    :param local_path: the source: a path on the worker, or an ``ObjectStoragePath`` /
+        URL (``s3://...``, ``file://...``, even ``hpc://...``).
+    :param remote_path: the target: an absolute path on the operator's ``system``, or an
+        ``ObjectStoragePath`` / URL ``hpc://conn_id@system/path``; a trailing ``/``
+        keeps the source's name.
     :param create_parents: ``mkdir -p`` the target directory first.
-    :param verify_checksum: compare sha256 with the server's ``ops/checksum`` afterwards.
+    :param verify_checksum: compare SHA-256 with the server's ``ops/checksum``.
+
+    Local files of the filesystem's ``large_file_size`` (64 MiB) and more go through the
+    resumable upload (tus), smaller ones through ``ops/upload``; other storage is
+    streamed through a bounded buffer (see :mod:`airflow_provider_hpc.fs`).
     """
 
     template_fields: Sequence[str] = ("local_path", "remote_path", "system")
@@ -81,103 +106,95 @@ class HpcUploadOperator(_HpcFilesBase):
         self,
         *,
         local_path: Any,
-        remote_path: str,
+        remote_path: Any,
         create_parents: bool = True,
         verify_checksum: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(verify_checksum=verify_checksum, **kwargs)
         self.local_path = local_path
         self.remote_path = remote_path
         self.create_parents = create_parents
-        self.verify_checksum = verify_checksum
-
-    def _open(self) -> IO[bytes]:
-        if _is_object_storage(self.local_path):
-            opened: IO[bytes] = _storage_path(self.local_path).open("rb")
-            return opened
-        return _local(self.local_path).open("rb")
 
     def execute(self, context: Context) -> dict[str, Any]:
-        remote = self.remote_path
-        if remote.endswith("/"):
-            remote += posixpath.basename(os.fspath(str(self.local_path)).rstrip("/"))
-        with self._open() as source:
-            digest = file_digest(source)
-            size = source.seek(0, os.SEEK_END)
-            source.seek(0)
-            if self.create_parents and posixpath.dirname(remote):
-                self.hook.mkdir(posixpath.dirname(remote), system=self.system, parents=True)
-            self.log.info("Uploading %s (%d bytes) to %s", self.local_path, size, remote)
-            self.hook.upload(remote, source, system=self.system)
-
-            def reread(name: str) -> str:
-                source.seek(0)
-                return file_digest(source, name)
-
-            if self.verify_checksum:
-                self._verify(remote, digest, reread)
+        fs, target = self._cluster(self.remote_path)
+        if target.endswith("/"):
+            target += _name(self.local_path)
+        system, remote = fs.split_path(target)
+        if self.create_parents and posixpath.dirname(remote) != "/":
+            self.hook.mkdir(posixpath.dirname(remote), system=system, parents=True)
+        if _is_object_storage(self.local_path):
+            source = _storage_path(self.local_path)
+            self.log.info("Streaming %s to %s", source, remote)
+            with source.open("rb") as reader:
+                size, digest = _stream(reader, fs.open(target, "wb"), fs.block_size)
+        else:
+            local = _local(self.local_path)
+            size = local.stat().st_size
+            self.log.info("Uploading %s (%d bytes) to %s", local, size, remote)
+            digest = fs.put_file(str(local), target) or ""
+        if self.verify_checksum:
+            self.log.info("%s verified (sha256 %s)", remote, digest)
         return {"remote_path": remote, "size": size, "sha256": digest}
 
 
 class HpcDownloadOperator(_HpcFilesBase):
-    """Stream a cluster file to the worker's disk (atomic rename) or to an ``ObjectStoragePath``.
+    """Stream a cluster file to the worker's disk (atomic rename) or to other storage.
 
-    :param remote_path: source file on the cluster.
-    :param local_path: target path or URL; a trailing ``/`` keeps the source name.
-    :param verify_checksum: compare sha256 with the server's ``ops/checksum``; a mismatch
-        removes the partial copy and fails the task (a retry downloads again).
+    :param remote_path: the source: an absolute path on the operator's ``system``, or an
+        ``ObjectStoragePath`` / URL ``hpc://conn_id@system/path``.
+    :param local_path: the target: a path on the worker, or an ``ObjectStoragePath`` /
+        URL; a trailing ``/`` (or an existing directory) keeps the source's name.
+    :param verify_checksum: compare SHA-256 with the server's ``ops/checksum``; a
+        mismatch removes what was written and fails the task (a retry downloads again).
     """
 
     template_fields: Sequence[str] = ("remote_path", "local_path", "system")
 
     def __init__(
-        self, *, remote_path: str, local_path: Any, verify_checksum: bool = True, **kwargs: Any
+        self, *, remote_path: Any, local_path: Any, verify_checksum: bool = True, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(verify_checksum=verify_checksum, **kwargs)
         self.remote_path = remote_path
         self.local_path = local_path
-        self.verify_checksum = verify_checksum
 
     def execute(self, context: Context) -> dict[str, Any]:
-        name = posixpath.basename(self.remote_path.rstrip("/"))
+        fs, source = self._cluster(self.remote_path)
+        name = _name(source)
         if _is_object_storage(self.local_path):
             target = _storage_path(self.local_path)
-            if str(target).endswith("/"):
+            if str(self.local_path).endswith("/"):
                 target = target / name
-            return self._download(target, target, str(target))
-        target_local = _local(self.local_path)
-        if os.fspath(self.local_path).endswith(("/", os.sep)) or target_local.is_dir():
-            target_local = target_local / name
-        target_local.parent.mkdir(parents=True, exist_ok=True)
-        partial = target_local.with_name(f".{target_local.name}.{uuid.uuid4().hex[:8]}.part")
-        try:
-            result = self._download(partial, partial, str(target_local))
-            partial.replace(target_local)
-        finally:
-            partial.unlink(missing_ok=True)
-        return result
-
-    def _download(self, write_to: Any, cleanup: Any, shown: str) -> dict[str, Any]:
-        hasher = hashlib.sha256()
-        self.log.info("Downloading %s to %s", self.remote_path, shown)
-        try:
-            with write_to.open("wb") as sink:
-                size = self.hook.download(self.remote_path, sink, system=self.system, hasher=hasher)
-            digest = hasher.hexdigest()
-
-            def reread(algorithm: str) -> str:
-                with write_to.open("rb") as again:
-                    return file_digest(again, algorithm)
-
-            if self.verify_checksum:
-                self._verify(self.remote_path, digest, reread)
-        except BaseException:
-            if cleanup.exists():
-                cleanup.unlink()
-            raise
+            self.log.info("Streaming %s to %s", source, target)
+            try:
+                with fs.open(source, "rb", cache_type="none") as reader:
+                    size, digest = _stream(reader, target.open("wb"), fs.block_size)
+            except BaseException:
+                if target.exists():
+                    target.unlink()
+                raise
+            return {"local_path": str(target), "size": size, "sha256": digest}
+        local = _local(self.local_path)
+        if str(self.local_path).endswith(("/", os.sep)) or local.is_dir():
+            local = local / name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        self.log.info("Downloading %s to %s", source, local)
+        digest = fs.get_file(source, str(local)) or ""
+        size = local.stat().st_size
         self.log.info("Downloaded %d bytes", size)
-        return {"local_path": shown, "size": size, "sha256": digest}
+        return {"local_path": str(local), "size": size, "sha256": digest}
+
+
+def _stream(reader: IO[bytes], writer: Any, block_size: int) -> tuple[int, str]:
+    """Copy ``reader`` into ``writer`` (closed at the end, discarded on error)."""
+    hasher = hashlib.sha256()
+    size = 0
+    with writer:
+        while chunk := reader.read(block_size):
+            writer.write(chunk)
+            hasher.update(chunk)
+            size += len(chunk)
+    return size, hasher.hexdigest()
 
 
 Operation = Literal["mkdir", "rm", "mv", "cp", "symlink"]

@@ -9,19 +9,41 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_hpc.exceptions import HpcError, HpcJobError
 from airflow_provider_hpc.hooks.hpc import HpcHook, UsesHpcHook
 from airflow_provider_hpc.hooks.models import JobSpec, JobSummary, format_time_limit
 from airflow_provider_hpc.identity import TaskIdentity
-from airflow_provider_hpc.links.job import XCOM_JOB_ID, XCOM_JOB_URL, HpcJobLink
+from airflow_provider_hpc.links.job import (
+    XCOM_JOB_ID,
+    HpcJobApiLink,
+    HpcJobLink,
+    push_job_links,
+)
+from airflow_provider_hpc.operators.accounting import job_accounting
+from airflow_provider_hpc.operators.lineage import job_lineage
 from airflow_provider_hpc.operators.output import OutputFollower, report_job_output
+from airflow_provider_hpc.operators.resubmission import (
+    REQUEUEABLE_STATES,
+    Action,
+    JobLedger,
+    ResubmitPolicy,
+    load_ledger,
+    save_ledger,
+)
 from airflow_provider_hpc.operators.submission import (
     LOOKUP_WINDOW,
     STATE_KEY,
     ExactlyOnceSubmission,
 )
-from airflow_provider_hpc.triggers.job import FAILED, SUCCESS, TIMEOUT, HpcJobTrigger
+from airflow_provider_hpc.triggers.job import (
+    FAILED,
+    SUCCESS,
+    TIMEOUT,
+    HpcJobTrigger,
+    requeue_gave_up,
+)
 
 if TYPE_CHECKING:
     import jinja2
@@ -88,6 +110,18 @@ class HpcSubmitJobOperator(ExactlyOnceSubmission, UsesHpcHook, BaseOperator):
         7 days); the job is cancelled if ``cancel_on_timeout``.
     :param cancel_on_kill: cancel the job when the task is killed (``on_kill`` / trigger kill).
     :param log_tail_lines: lines of stdout/stderr written to the task log at the end.
+    :param preflight: before submitting, ask the scheduler whether it would accept the
+        job (``sbatch --test-only`` through the API) and fail at once, without retries,
+        with its reason (bad account, partition, QOS, time limit).
+    :param max_resubmits: resubmit a job that the machine ended (NODE_FAIL, BOOT_FAIL,
+        PREEMPTED, a requeue Slurm gave up on) up to this many times per task instance,
+        without using Airflow retries; 0 turns resubmission off.
+    :param oom_memory_factor, oom_max_memory: opt-in: resubmit OUT_OF_MEMORY with the
+        memory times the factor, up to the cap (e.g. ``2``, ``"64G"``).
+    :param timeout_factor, timeout_max_time_limit: opt-in: resubmit TIMEOUT with the time
+        limit times the factor, up to the cap.
+    :param inputs, outputs: paths on the cluster the job reads / writes (relative ones
+        under ``working_directory``): OpenLineage datasets when its provider is installed.
     """
 
     template_fields: Sequence[str] = (
@@ -112,10 +146,12 @@ class HpcSubmitJobOperator(ExactlyOnceSubmission, UsesHpcHook, BaseOperator):
         "standard_output",
         "standard_error",
         "extra_options",
+        "inputs",
+        "outputs",
     )
     template_ext: Sequence[str] = (".sh", ".bash", ".sbatch", ".slurm")
     template_fields_renderers = {"script": "bash", "env": "json", "extra_options": "json"}
-    operator_extra_links = (HpcJobLink(),)
+    operator_extra_links = (HpcJobLink(), HpcJobApiLink())
     ui_color = "#d6e9f8"
 
     def __init__(
@@ -151,6 +187,14 @@ class HpcSubmitJobOperator(ExactlyOnceSubmission, UsesHpcHook, BaseOperator):
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = True,
         log_tail_lines: int = 50,
+        preflight: bool = False,
+        max_resubmits: int = 2,
+        oom_memory_factor: float | None = None,
+        oom_max_memory: str | None = None,
+        timeout_factor: float | None = None,
+        timeout_max_time_limit: timedelta | int | str | None = None,
+        inputs: Sequence[str] | None = None,
+        outputs: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -186,8 +230,18 @@ class HpcSubmitJobOperator(ExactlyOnceSubmission, UsesHpcHook, BaseOperator):
         self.cancel_on_kill = cancel_on_kill
         self.cancel_on_timeout = cancel_on_timeout
         self.log_tail_lines = log_tail_lines
+        self.preflight = preflight
+        self.max_resubmits = max_resubmits
+        self.oom_memory_factor = oom_memory_factor
+        self.oom_max_memory = oom_max_memory
+        self.timeout_factor = timeout_factor
+        self.timeout_max_time_limit = timeout_max_time_limit
+        self.inputs = list(inputs) if inputs is not None else None
+        self.outputs = list(outputs) if outputs is not None else None
+        _ = self.policy  # validate the resubmission arguments now
         self._job_id: str | None = None
         self._system: str | None = None
+        self._ledger: JobLedger | None = None
 
     def render_template_fields(
         self, context: Context, jinja_env: jinja2.Environment | None = None
@@ -209,11 +263,12 @@ class HpcSubmitJobOperator(ExactlyOnceSubmission, UsesHpcHook, BaseOperator):
             script=self.script,
             script_path=self.script_path,
             env=self.env,
-            account=self.account,
-            partition=self.partition,
-            reservation=self.reservation,
-            qos=self.qos,
-            constraints=self.constraints,
+            # a template that rendered empty ("{{ params.account or '' }}") means "not set"
+            account=self.account or None,
+            partition=self.partition or None,
+            reservation=self.reservation or None,
+            qos=self.qos or None,
+            constraints=self.constraints or None,
             time_limit=format_time_limit(self.time_limit),
             nodes=self.nodes,
             tasks=self.tasks,
@@ -234,52 +289,37 @@ class HpcSubmitJobOperator(ExactlyOnceSubmission, UsesHpcHook, BaseOperator):
         system = hook.resolve_system(self.system)
         self._system = system
         identity = TaskIdentity.from_context(context)
-        job_id, summary = self.submit_or_attach(context, system, identity)
-        self._job_id = job_id
-        ti = context["ti"]
-        ti.xcom_push(key=XCOM_JOB_ID, value=job_id)
-        ti.xcom_push(key=XCOM_JOB_URL, value=hook.get_job_url(job_id, system=system))
+        ledger = load_ledger(context, identity)
+        if self.preflight:
+            self._preflight(system, identity, ledger)
+        job_id, summary = self._submit(context, system, identity, ledger)
         if not self.wait_for_completion:
             return self._result(job_id, system, summary)
-        if summary is not None and summary.terminal:
-            return self._finish(system, job_id, summary.state, summary.exit_code)
-        timeout = self._timeout_seconds()
-        if self.deferrable:
-            self.defer(
-                trigger=HpcJobTrigger(
-                    job_id=job_id,
-                    system=system,
-                    hpc_conn_id=self.hpc_conn_id,
-                    deadline=time.time() + timeout,
-                    poll_interval=self.poll_interval,
-                    cancel_on_kill=self.cancel_on_kill,
-                    not_found_until=time.time() + 120,
-                ),
-                method_name="execute_complete",
-            )
-        follower = OutputFollower(hook, system, job_id, self.log)
-        try:
-            summary = hook.wait_for_job(
-                job_id,
-                system=system,
-                poll_interval=self.poll_interval,
-                timeout=timeout,
-                on_poll=follower.on_poll,
-            )
-        except HpcJobError as exc:
-            self._on_timeout(system, job_id)
-            raise exc
-        return self._finish(system, job_id, summary.state, summary.exit_code, follower)
+        return self._follow(context, system, job_id, summary, ledger)
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        """Resume after :class:`HpcJobTrigger` fired (a new operator instance)."""
+    def execute_complete(
+        self, context: Context, event: dict[str, Any], ledger: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Resume after :class:`HpcJobTrigger` fired (a new operator instance); ``ledger``
+        (the trigger's ``kwargs``) carries the jobs and resubmissions so far."""
         job_id, system = str(event["job_id"]), str(event["system"])
         self._job_id, self._system = job_id, system
+        identity = TaskIdentity.from_context(context)
+        book = (
+            JobLedger.from_dict(ledger, identity.generation)
+            if ledger is not None
+            else load_ledger(context, identity)
+        )
         status = event.get("status")
         if status in (SUCCESS, FAILED):
-            return self._finish(
-                system, job_id, event.get("state") or "UNKNOWN", event.get("exit_code")
+            state = event.get("state") or "UNKNOWN"
+            summary = JobSummary(
+                job_id=job_id,
+                state=state,
+                exit_code=event.get("exit_code"),
+                state_reason=event.get("state_reason"),
             )
+            return self._ended(context, system, summary, book)
         if status == TIMEOUT:
             self._on_timeout(system, job_id)
             raise HpcJobError(
@@ -306,7 +346,228 @@ class HpcSubmitJobOperator(ExactlyOnceSubmission, UsesHpcHook, BaseOperator):
         except HpcError as exc:
             self.log.warning("Could not cancel job %s: %s", self._job_id, exc)
 
+    # ------------------------------------------------------------------ lineage
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (when its provider is installed): the jobs as run facets, the
+        ``inputs`` / ``outputs`` paths as datasets on the cluster."""
+        return job_lineage(self)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return job_lineage(self)
+
+    # ------------------------------------------------------------------ the steps
+
+    def _preflight(self, system: str, identity: TaskIdentity, ledger: JobLedger) -> None:
+        """Ask the scheduler whether it would accept the job (``sbatch --test-only``);
+        fail the task at once, without retries, when it would not."""
+        spec = self.build_job_spec(identity.job_name(self.job_name))
+        if ledger.next_resources:
+            spec = spec.model_copy(update=ledger.next_resources)
+        started = time.monotonic()
+        verdict = self.hook.preflight_job(spec, system=system)
+        took = time.monotonic() - started
+        if not verdict.valid:
+            raise AirflowFailException(
+                f"pre-flight on {system}: the scheduler would refuse this job "
+                f"({verdict.category or 'other'}): "
+                f"{verdict.reason or verdict.message or 'no reason given'}"
+            )
+        self.log.info("Pre-flight on %s (%.1f s): %s", system, took, verdict.describe())
+
+    def _submit(
+        self,
+        context: Context,
+        system: str,
+        identity: TaskIdentity,
+        ledger: JobLedger,
+        replace: str | None = None,
+    ) -> tuple[str, JobSummary | None]:
+        """Submit (or re-attach to) the task's job; record it in the ledger and XCom."""
+        resources = ledger.next_resources
+        job_id, summary = self.submit_or_attach(
+            context, system, identity, replace=replace, overrides=resources
+        )
+        self._job_id = job_id
+        ledger.attach(job_id, resources)
+        save_ledger(context, ledger)
+        ti = context["ti"]
+        ti.xcom_push(key=XCOM_JOB_ID, value=job_id)
+        push_job_links(ti, self.hook, job_id, system, self.log)
+        return job_id, summary
+
+    def _follow(
+        self,
+        context: Context,
+        system: str,
+        job_id: str,
+        summary: JobSummary | None,
+        ledger: JobLedger,
+    ) -> dict[str, Any]:
+        """Wait for the job (deferred: in the triggerer), then :meth:`_ended`."""
+        self._ledger = ledger
+        if summary is not None and (summary.terminal or self._gave_up(summary)):
+            return self._ended(context, system, summary, ledger)
+        timeout = self._timeout_seconds()
+        if self.deferrable:
+            self.defer(
+                trigger=HpcJobTrigger(
+                    job_id=job_id,
+                    system=system,
+                    hpc_conn_id=self.hpc_conn_id,
+                    deadline=time.time() + timeout,
+                    poll_interval=self.poll_interval,
+                    cancel_on_kill=self.cancel_on_kill,
+                    not_found_until=time.time() + 120,
+                    end_on_requeue_hold=self.policy.max_resubmits > 0,
+                ),
+                method_name="execute_complete",
+                kwargs={"ledger": ledger.to_dict()},
+            )
+        follower = OutputFollower(self.hook, system, job_id, self.log)
+
+        def on_poll(status: JobSummary) -> None:
+            follower.on_poll(status)
+            if self._gave_up(status):
+                raise _RequeueHeld(status)
+
+        try:
+            summary = self.hook.wait_for_job(
+                job_id,
+                system=system,
+                poll_interval=self.poll_interval,
+                timeout=timeout,
+                on_poll=on_poll,
+            )
+        except _RequeueHeld as held:
+            summary = held.summary
+        except HpcJobError as exc:
+            self._on_timeout(system, job_id)
+            raise exc
+        return self._ended(context, system, summary, ledger, follower)
+
+    def _gave_up(self, summary: JobSummary) -> bool:
+        return self.policy.max_resubmits > 0 and requeue_gave_up(
+            summary.state, summary.state_reason
+        )
+
+    def _ended(
+        self,
+        context: Context,
+        system: str,
+        summary: JobSummary,
+        ledger: JobLedger,
+        follower: OutputFollower | None = None,
+    ) -> dict[str, Any]:
+        """The job ended: finish, wait again (Slurm requeued it), resubmit, or fail."""
+        self._ledger = ledger
+        # a fresh page link: it then works for its whole lifetime after the job's end
+        push_job_links(context["ti"], self.hook, summary.job_id, system, self.log)
+        job_id, state = summary.job_id, summary.state
+        entry = ledger.attach(job_id, ledger.next_resources)
+        entry.update(state=state, exit_code=summary.exit_code, reason=summary.state_reason)
+        if state in REQUEUEABLE_STATES and entry.get("requeued", 0) < _MAX_REQUEUE_WAITS:
+            current = self._status_now(system, job_id)
+            if current is not None and not current.terminal and not self._gave_up(current):
+                entry["requeued"] = entry.get("requeued", 0) + 1
+                entry.update(state=current.state, reason=current.state_reason)
+                save_ledger(context, ledger)
+                self.log.warning(
+                    "Job %s ended %s and Slurm requeued it itself (now %s): waiting for it "
+                    "again, no resubmission",
+                    job_id,
+                    state,
+                    current.state,
+                )
+                return self._follow(context, system, job_id, current, ledger)
+        entry["accounting"] = job_accounting(self.hook, system, job_id, self.log)
+        decision = self.policy.decide(
+            state,
+            summary.state_reason,
+            resubmits=ledger.resubmits,
+            memory=self._memory(entry),
+            time_limit=self._time_limit(entry),
+        )
+        entry["action"] = decision.action.value
+        stderr_tail = report_job_output(
+            self.hook, system, job_id, self.log, lines=self.log_tail_lines, follower=follower
+        )
+        if decision.action is Action.COMPLETE:
+            save_ledger(context, ledger)
+            self.log.info("Job %s COMPLETED (exit code %s)", job_id, summary.exit_code)
+            self._log_jobs(ledger)
+            return self._result(job_id, system, summary, ledger)
+        if decision.action is Action.RESUBMIT:
+            entry["next_resources"] = {
+                **(entry.get("resources") or {}),
+                **(decision.resources or {}),
+            }
+            save_ledger(context, ledger)  # the decision survives a worker crash from here
+            self.log.warning(
+                "Job %s ended %s: %s. Resubmitting (%d of at most %d), without using an "
+                "Airflow retry",
+                job_id,
+                state,
+                decision.reason,
+                ledger.resubmits,
+                self.policy.max_resubmits,
+            )
+            if not summary.terminal:  # held by Slurm: it must not run later as well
+                self._cancel_quietly(system, job_id)
+            identity = TaskIdentity.from_context(context)
+            new_id, new_summary = self._submit(context, system, identity, ledger, replace=job_id)
+            return self._follow(context, system, new_id, new_summary, ledger)
+        save_ledger(context, ledger)
+        self._log_jobs(ledger)
+        message = f"job {job_id} on {system} ended {state} (exit code {summary.exit_code})"
+        if decision.reason != f"the job ended {state}":
+            message += f": {decision.reason}"
+        if stderr_tail:
+            message += "\n--- stderr (tail) ---\n" + "\n".join(stderr_tail.splitlines()[-20:])
+        raise HpcJobError(message, job_id=job_id, state=state, exit_code=summary.exit_code)
+
     # ------------------------------------------------------------------ helpers
+
+    @property
+    def policy(self) -> ResubmitPolicy:
+        return ResubmitPolicy(
+            max_resubmits=self.max_resubmits,
+            oom_memory_factor=self.oom_memory_factor,
+            oom_max_memory=self.oom_max_memory,
+            timeout_factor=self.timeout_factor,
+            timeout_max_time_limit=self.timeout_max_time_limit,
+        )
+
+    def _status_now(self, system: str, job_id: str) -> JobSummary | None:
+        try:
+            return self.hook.get_job_status(job_id, system=system)
+        except HpcError as exc:
+            self.log.info("Cannot re-read job %s (%s)", job_id, exc)
+            return None
+
+    def _memory(self, entry: dict[str, Any]) -> str | None:
+        """The ended job's memory: what the task asked for, else what accounting says."""
+        memory = (entry.get("resources") or {}).get("memory") or self.memory
+        if memory is None and entry.get("accounting"):
+            memory = entry["accounting"].get("requested_memory")
+        return str(memory) if memory is not None else None
+
+    def _time_limit(self, entry: dict[str, Any]) -> timedelta | int | str | None:
+        """The ended job's time limit: what the task asked for, else accounting's."""
+        limit = (entry.get("resources") or {}).get("time_limit") or self.time_limit
+        if limit is None and entry.get("accounting"):
+            limit = entry["accounting"].get("time_limit_minutes")
+        return limit
+
+    def _log_jobs(self, ledger: JobLedger) -> None:
+        if len(ledger.jobs) > 1:
+            self.log.info(
+                "Jobs of this task: %s",
+                "; ".join(
+                    f"{job['job_id']} {job.get('state')} ({job.get('action')})"
+                    for job in ledger.jobs
+                ),
+            )
 
     def _timeout_seconds(self) -> float:
         return (
@@ -320,35 +581,42 @@ class HpcSubmitJobOperator(ExactlyOnceSubmission, UsesHpcHook, BaseOperator):
             self.log.warning("Cancelling job %s: it did not finish in time", job_id)
             self._cancel_quietly(system, job_id)
 
-    def _result(self, job_id: str, system: str, summary: JobSummary | None) -> dict[str, Any]:
-        return {
+    def _result(
+        self,
+        job_id: str,
+        system: str,
+        summary: JobSummary | None,
+        ledger: JobLedger | None = None,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = {
             "job_id": job_id,
             "system": system,
             "state": summary.state if summary else "SUBMITTED",
             "exit_code": summary.exit_code if summary else None,
         }
+        if ledger is not None:
+            entry = ledger.entry(job_id) or {}
+            result["accounting"] = entry.get("accounting")
+            result["jobs"] = [_public(job) for job in ledger.jobs]
+        return result
 
-    def _finish(
-        self,
-        system: str,
-        job_id: str,
-        state: str,
-        exit_code: int | None,
-        follower: OutputFollower | None = None,
-    ) -> dict[str, Any]:
-        """Write the output tails to the log; return the result or raise for a failed job."""
-        stderr_tail = report_job_output(
-            self.hook, system, job_id, self.log, lines=self.log_tail_lines, follower=follower
-        )
-        if state == "COMPLETED":
-            self.log.info("Job %s COMPLETED (exit code %s)", job_id, exit_code)
-            return self._result(
-                job_id, system, JobSummary(job_id=job_id, state=state, exit_code=exit_code)
-            )
-        message = f"job {job_id} on {system} ended {state} (exit code {exit_code})"
-        if stderr_tail:
-            message += "\n--- stderr (tail) ---\n" + "\n".join(stderr_tail.splitlines()[-20:])
-        raise HpcJobError(message, job_id=job_id, state=state, exit_code=exit_code)
+
+class _RequeueHeld(Exception):
+    """Stops the worker's wait: Slurm gave up requeueing the job."""
+
+    def __init__(self, summary: JobSummary) -> None:
+        super().__init__(summary.state)
+        self.summary = summary
+
+
+def _public(job: dict[str, Any]) -> dict[str, Any]:
+    """A ledger entry as the return value shows it."""
+    return {key: job.get(key) for key in _PUBLIC_KEYS}
+
+
+_PUBLIC_KEYS = ("job_id", "state", "exit_code", "reason", "action", "resources", "accounting")
+#: How often one job may be seen requeued by Slurm itself before it counts as ended.
+_MAX_REQUEUE_WAITS = 10
 
 
 __all__ = [

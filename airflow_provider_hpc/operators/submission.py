@@ -10,6 +10,7 @@ before submitting again. The ``Idempotency-Key`` lets the server dedupe too.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_hpc.exceptions import (
@@ -51,19 +52,34 @@ class ExactlyOnceSubmission:
             self.log.warning("Could not cancel job %s: %s", job_id, exc)
 
     def submit_or_attach(
-        self, context: Context, system: str, identity: TaskIdentity
+        self,
+        context: Context,
+        system: str,
+        identity: TaskIdentity,
+        *,
+        replace: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> tuple[str, JobSummary | None]:
         """Return the job of this task instance's try group, submitting it only if needed.
 
         Order: the task state store record, then a lookup by the deterministic job name
         (covers a crash between submission and recording), then submission.
+
+        :param replace: a job this submission replaces (a resubmission): never re-attached
+            to, even while it still shows as pending (held), and its id makes the new
+            ``Idempotency-Key``, so a worker that dies mid-resubmission re-attaches to the
+            replacement (found by name) instead of submitting another.
+        :param overrides: ``JobSpec`` fields that differ from the operator's (more memory,
+            a longer time limit).
         """
         hook = self.hook
         store = context.get("task_state_store")
         name = identity.job_name(self.job_name)
-        after: str | None = None
+        after: str | None = replace
 
         record = _store_get(store)
+        if record and replace is not None and str(record.get("job_id")) == replace:
+            record = None  # the job being replaced: never re-attach to it
         if record and record.get("system") == system:
             found = self._job_if_alive(str(record["job_id"]), system)
             same_group = record.get("generation") == identity.generation
@@ -85,6 +101,8 @@ class ExactlyOnceSubmission:
                 self._cancel_quietly(system, found.job_id)
 
         named = self._find_named(system, name)
+        if named is not None and named.job_id == replace:
+            named = None
         if named is not None:
             if not named.terminal or named.succeeded:
                 self.log.info(
@@ -97,6 +115,8 @@ class ExactlyOnceSubmission:
             self.log.info("Earlier job %s failed; submitting a new one", after)
 
         spec = self.build_job_spec(name)
+        if overrides:
+            spec = spec.model_copy(update=dict(overrides))
         key = identity.idempotency_key(after)
         for attempt in range(1, _SUBMIT_ROUNDS + 1):
             try:

@@ -21,6 +21,20 @@ SUCCESS, FAILED, TIMEOUT, ERROR = "success", "failed", "timeout", "error"
 _MAX_ERROR_BACKOFF = 300.0
 _ON_KILL_TIMEOUT = 20.0
 
+#: Slurm's words for a job it requeued and then held instead of running it again (the
+#: state ``REQUEUE_HOLD``, or a held job's reason): it waits for a human, not the machine.
+_GAVE_UP_REASONS = ("JobHoldMaxRequeue", "launch failed requeued held")
+
+
+def requeue_gave_up(state: str | None, reason: str | None) -> bool:
+    """The job was requeued and Slurm gave up on it (held after too many requeues or a
+    failed launch): it will not run again on its own."""
+    if state == "REQUEUE_HOLD":
+        return True
+    return state in ("PENDING", "REQUEUED") and any(
+        word.lower() in (reason or "").lower() for word in _GAVE_UP_REASONS
+    )
+
 
 class HpcJobTrigger(BaseTrigger):
     """Fire once when ``job_id`` on ``system`` ends, the deadline passes, or errors persist.
@@ -41,6 +55,8 @@ class HpcJobTrigger(BaseTrigger):
         failed/success). Never on triggerer restart or in ``cleanup()``.
     :param not_found_until: absolute UNIX time until which 404 counts as "not listed yet".
     :param error_window: seconds of consecutive transient errors tolerated.
+    :param end_on_requeue_hold: also fire (``failed``) when Slurm gave up requeueing the
+        job (:func:`requeue_gave_up`), which is otherwise a pending state that never ends.
     """
 
     def __init__(
@@ -54,6 +70,7 @@ class HpcJobTrigger(BaseTrigger):
         cancel_on_kill: bool = True,
         not_found_until: float | None = None,
         error_window: float = 600.0,
+        end_on_requeue_hold: bool = False,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # BaseTrigger is unannotated
         self.job_id = str(job_id)
@@ -64,6 +81,7 @@ class HpcJobTrigger(BaseTrigger):
         self.cancel_on_kill = cancel_on_kill
         self.not_found_until = not_found_until
         self.error_window = float(error_window)
+        self.end_on_requeue_hold = end_on_requeue_hold
         self._hub: JobEventHub | None = None
         self._polling = False
 
@@ -79,6 +97,7 @@ class HpcJobTrigger(BaseTrigger):
                 "cancel_on_kill": self.cancel_on_kill,
                 "not_found_until": self.not_found_until,
                 "error_window": self.error_window,
+                "end_on_requeue_hold": self.end_on_requeue_hold,
             },
         )
 
@@ -166,6 +185,11 @@ class HpcJobTrigger(BaseTrigger):
                     last = summary
                     if summary.terminal:
                         yield self._event(SUCCESS if summary.succeeded else FAILED, summary)
+                        return
+                    if self.end_on_requeue_hold and requeue_gave_up(
+                        summary.state, summary.state_reason
+                    ):
+                        yield self._event(FAILED, summary, "Slurm gave up requeueing the job")
                         return
                     wait = self.poll_interval
                 if self.deadline is not None:

@@ -31,6 +31,7 @@ from hpcgate.compute.scheduler.models import (
     Reservation,
     UserInfo,
 )
+from hpcgate.compute.scheduler.reports import JobAccounting, JobPreflight
 from hpcgate.config import FilesystemLimits
 from hpcgate.filesystem.base import Filesystem, ReadStream
 from hpcgate.filesystem.identity import FileIdentity
@@ -227,6 +228,31 @@ class FakeScheduler:
 
     async def ping(self, runner: CommandRunner) -> None:
         return None
+
+    async def ping_accounting(self, runner: CommandRunner) -> None:
+        return None
+
+    async def preflight(self, runner: CommandRunner, description: JobDescription) -> JobPreflight:
+        """Every job would start at once on the fake's one node (nothing is submitted)."""
+        return JobPreflight(valid=True, expected_start=0, nodes="fake", processors=1)
+
+    async def accounting(self, runner: CommandRunner, job_id: str) -> list[JobAccounting]:
+        """An ended job's record with what the fake knows (state, exit code, name);
+        a job still running has none yet, as in Slurm's accounting before the end."""
+        job = self.cluster.job(job_id)
+        if job.state not in TERMINAL_STATES:
+            raise errors.NotFound(f"Job not found: {job_id}")
+        return [
+            JobAccounting(
+                job_id=job.job_id,
+                name=job.name,
+                user=USER,
+                state=job.state,
+                exit_code=job.exit_code,
+                alloc_nodes=1,
+                alloc_cpus=1,
+            )
+        ]
 
 
 class _Bytes(ReadStream):

@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_hpc.exceptions import HpcApiError, HpcJobError
 from airflow_provider_hpc.identity import TaskIdentity
-from airflow_provider_hpc.links.job import HpcJobLink
+from airflow_provider_hpc.links.job import HpcJobApiLink, HpcJobLink
 from airflow_provider_hpc.operators.job import STATE_KEY, HpcSubmitJobOperator
 from airflow_provider_hpc.triggers.job import HpcJobTrigger
 from tests.provider.conftest import FakeStore, FakeTI, make_context
@@ -57,6 +57,8 @@ def test_execute_defers_to_the_job_trigger(api: RealApi) -> None:
     assert (trigger.job_id, trigger.system, trigger.cancel_on_kill) == ("1000", SYSTEM, True)
     assert trigger.deadline is not None and trigger.poll_interval == 0.001
     ti = context["ti"]
+    page_url = ti.xcoms.pop("job_page_url")  # the browser page, signed for the job's owner
+    assert page_url.startswith(f"{api.url}/job-pages/{SYSTEM}/1000?user=")
     assert ti.xcoms == {"job_id": "1000", "job_url": f"{api.url}/compute/{SYSTEM}/jobs/1000"}
     body = json.loads(api.submissions[0].content)["job"]
     identity = TaskIdentity("example", "submit", "manual__2026-01-01", generation=1)
@@ -79,7 +81,8 @@ def test_execute_complete_success_returns_the_result_and_logs_output(
 ) -> None:
     job = api.add_job(plan=["COMPLETED"])
     result = operator().execute_complete(make_context(), success_event(job.job_id))
-    assert result == {"job_id": job.job_id, "system": SYSTEM, "state": "COMPLETED", "exit_code": 0}
+    expected = {"job_id": job.job_id, "system": SYSTEM, "state": "COMPLETED", "exit_code": 0}
+    assert result.items() >= expected.items()
     logged = capsys.readouterr().out  # the task log (structlog writes to stdout here)
     assert "result=42" in logged and "error: boom" in logged
     assert api.cancels == []
@@ -309,5 +312,8 @@ def test_job_link_reads_the_url_from_xcom(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(xcom.XCom, "get_value", classmethod(lambda cls, ti_key, key: f"url:{key}"))
     link = HpcJobLink()
-    assert link.xcom_key == "job_url" and link.name == "HPC Job"
-    assert link.get_link(operator(), ti_key=object()) == "url:job_url"  # type: ignore[arg-type]
+    assert link.xcom_key == "job_page_url" and link.name == "HPC Job"
+    assert link.get_link(operator(), ti_key=object()) == "url:job_page_url"  # type: ignore[arg-type]
+    api_link = HpcJobApiLink()
+    assert api_link.xcom_key == "job_url" and api_link.name == "HPC Job (API)"
+    assert api_link.get_link(operator(), ti_key=object()) == "url:job_url"  # type: ignore[arg-type]

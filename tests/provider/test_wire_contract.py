@@ -205,6 +205,7 @@ class Contract:
     call: api.ApiCall[Any]
     reads: type[BaseModel] | None
     sends: type[BaseModel] | None = None  # the model of the JSON body, when it has one
+    status: str | None = None  # the success status read, when the operation has several
 
 
 SPEC = models.JobSpec(working_directory="/scratch/hpcuser", script="#!/bin/bash\ntrue\n")
@@ -212,8 +213,13 @@ SPEC = models.JobSpec(working_directory="/scratch/hpcuser", script="#!/bin/bash\
 CONTRACTS: dict[str, Contract] = {
     "systems": Contract(api.systems(), models.SystemsResponse),
     "submit_job": Contract(
-        api.submit_job(SYSTEM, SPEC, "key-1"), models.JobSubmitted, models.JobSpec
+        api.submit_job(SYSTEM, SPEC, "key-1"), models.JobSubmitted, models.JobSpec, "201"
     ),
+    "preflight_job": Contract(
+        api.preflight_job(SYSTEM, SPEC), models.PreflightResult, models.JobSpec, "200"
+    ),
+    "job_accounting": Contract(api.job_accounting(SYSTEM, JOB), models.JobAccountingResponse),
+    "job_page_link": Contract(api.job_page_link(SYSTEM, JOB), models.JobPageLink),
     "get_job": Contract(api.get_job(SYSTEM, JOB), models.JobsResponse),
     "list_jobs": Contract(
         api.list_jobs(SYSTEM, name="n", allusers=True, time_window="1h"), models.JobsResponse
@@ -323,7 +329,7 @@ def contract_problems(doc: Schema, contract: Contract) -> Iterator[str]:
         answers = [
             _json_schema(answer)
             for code, answer in sorted(op["responses"].items())
-            if code.startswith("2")
+            if (code == contract.status if contract.status else code.startswith("2"))
         ]
         schema = next((answer for answer in answers if answer is not None), None)
         if schema is None:

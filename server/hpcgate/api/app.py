@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hpcgate import __version__
 from hpcgate.api.edge import EdgeMiddleware
 from hpcgate.api.middleware import RequestContextMiddleware
-from hpcgate.api.routers import compute, filesystem, metrics, status, transfer
+from hpcgate.api.routers import compute, filesystem, jobpage, metrics, status, transfer
 from hpcgate.config import Settings
 from hpcgate.errors import ApiError
 from hpcgate.services import Services
@@ -99,6 +99,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.state.settings = settings
     app.include_router(status.router)
     app.include_router(compute.router)
+    app.include_router(jobpage.links)
+    app.include_router(jobpage.pages)
     app.include_router(filesystem.router)
     app.include_router(transfer.router)
     app.include_router(metrics.router)

@@ -16,8 +16,8 @@ Every answer given here before the body was read whole closes the connection, so
 an unread body is never drained.
 
 Public routes: the liveness probe, ``/metrics`` (its own token), the API docs and
-the signed transfer URLs, whose signature is their credential (checked by their
-routes). They still get the body caps and timeouts.
+the signed transfer URLs and job pages, whose signature is their credential (checked
+by their routes). They still get the body caps and timeouts.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ _PUBLIC_PATHS = frozenset(
     }
 )
 # Path parameters match [^/]+, as in Starlette's routes; fullmatch only.
-_SIGNED_URL = re.compile(r"/transfer-urls/[^/]+/(?:parts/[^/]+|complete|download)")
+_SIGNED_URL = re.compile(
+    r"/transfer-urls/[^/]+/(?:parts/[^/]+|complete|download)|/job-pages/[^/]+/[^/]+"
+)
 _PART = re.compile(r"/transfer-urls/[^/]+/parts/[^/]+")
 _COMPLETE = re.compile(r"/transfer-urls/[^/]+/complete")
 _OPS_UPLOAD = re.compile(r"/filesystem/([^/]+)/ops/upload")

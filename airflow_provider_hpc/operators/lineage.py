@@ -1,0 +1,86 @@
+"""OpenLineage for the submit operator, when Airflow's OpenLineage provider is installed.
+
+The task's jobs are run facets: ``externalQuery`` (the last job's id, the standard facet
+for work done in another system) and ``hpc_job`` (every job the task made: id, state,
+reason, action, resources and accounting). The ``inputs`` / ``outputs`` paths on the
+cluster are datasets in the namespace ``hpc://<system>``, named by absolute path (the
+OpenLineage naming of files: ``<scheme>://<authority>`` plus the path).
+
+Without the provider (or its client library) :func:`job_lineage` answers None and
+nothing is imported.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+from typing import Any
+
+import attr
+
+try:
+    from airflow.providers.common.compat.openlineage.facet import (
+        Dataset,
+        ExternalQueryRunFacet,
+        RunFacet,
+    )
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - the provider is optional
+    AVAILABLE = False
+
+_SCHEMA = "https://github.com/hpcgate/hpcgate/blob/main/docs/HpcJobRunFacet.json"
+
+
+if AVAILABLE:
+
+    @attr.define
+    class HpcJobRunFacet(RunFacet):
+        """The jobs one task made on an HPC system (``run.facets.hpc_job``)."""
+
+        system: str
+        jobs: list[dict[str, Any]]
+
+        @staticmethod
+        def _get_schema() -> str:
+            return _SCHEMA
+
+
+def namespace(system: str) -> str:
+    """The OpenLineage namespace of paths on ``system``."""
+    return f"hpc://{system}"
+
+
+def datasets(system: str, paths: Sequence[str] | None, workdir: str | None) -> list[Any]:
+    """``Dataset`` s for cluster ``paths`` (relative ones under ``workdir``)."""
+    found = []
+    for path in paths or ():
+        if not path.startswith("/") and workdir:
+            path = posixpath.join(workdir, path)
+        found.append(Dataset(namespace=namespace(system), name=posixpath.normpath(path)))
+    return found
+
+
+def job_lineage(operator: Any) -> Any:
+    """``OperatorLineage`` of a submit operator after its task ran (None without the
+    OpenLineage provider, or before the operator knew its system)."""
+    if not AVAILABLE:
+        return None
+    system = getattr(operator, "_system", None)
+    if not system:
+        return None
+    ledger = getattr(operator, "_ledger", None)
+    jobs = [dict(job) for job in ledger.jobs] if ledger is not None else []
+    job_id = getattr(operator, "_job_id", None)
+    run_facets: dict[str, Any] = {"hpc_job": HpcJobRunFacet(system=system, jobs=jobs)}
+    if job_id:
+        run_facets["externalQuery"] = ExternalQueryRunFacet(
+            externalQueryId=str(job_id), source=namespace(system)
+        )
+    workdir = getattr(operator, "working_directory", None)
+    return OperatorLineage(
+        inputs=datasets(system, getattr(operator, "inputs", None), workdir),
+        outputs=datasets(system, getattr(operator, "outputs", None), workdir),
+        run_facets=run_facets,
+    )

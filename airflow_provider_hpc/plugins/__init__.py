@@ -1,0 +1,1 @@
+"""Airflow plugins of the provider: its documentation, served by Airflow's API server."""

@@ -1,0 +1,1 @@
+"""Browser tests: the real Airflow web UI in headless Chromium."""
