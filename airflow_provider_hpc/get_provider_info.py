@@ -129,9 +129,12 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "filesystems": ["airflow_provider_hpc.fs.filesystem"],
-        # serves the documentation page Admin > Providers links to (plugins/docs.py)
+        # the documentation page Admin > Providers links to; the Test button workaround
         "plugins": [
-            {"name": "hpcgate", "plugin-class": "airflow_provider_hpc.plugins.docs.HpcProviderPlugin"}
+            {
+                "name": "hpcgate",
+                "plugin-class": "airflow_provider_hpc.plugins.provider.HpcProviderPlugin",
+            }
         ],
         "extra-links": [
             "airflow_provider_hpc.links.job.HpcJobLink",

@@ -56,8 +56,8 @@ class HpcHook(HpcSyncApi, HpcAsyncApi):
 
         Airflow's Test button runs this under a temporary connection id: messages name
         the API URL, never the id. (Airflow 3.3.2's button in the connection list sends
-        ``port: 0`` and is refused before it gets here, apache/airflow#73298; the button
-        in the edit dialog and ``airflow connections test ID`` work.)"""
+        ``port: 0``, which Airflow refuses before it gets here, apache/airflow#73298: the
+        provider's plugin drops it, ``plugins/test_button.py``.)"""
         try:
             names = [system.name for system in self.list_systems()]
         except HpcConfigError as exc:

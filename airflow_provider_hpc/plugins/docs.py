@@ -2,9 +2,10 @@
 
 Admin > Providers links a provider's name to its package's ``Documentation`` project URL.
 hpcgate has no public home yet, so that URL is relative (:data:`DOCS_URL`): the UI
-resolves it against its own base URL, where :class:`HpcProviderPlugin` serves the README
+resolves it against its own base URL, where this app serves the README
 shipped in the package. The page is static and public (it is the package's own text):
 rendered once per process, raw HTML in the Markdown escaped, no scripts (CSP).
+:class:`~airflow_provider_hpc.plugins.provider.HpcProviderPlugin` mounts the app.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import hashlib
 import html
 from importlib import metadata, resources
 
-from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, RedirectResponse
 from markdown_it import MarkdownIt
@@ -49,11 +49,16 @@ HEADERS = {
 }
 
 
+def render_markdown(text: str) -> str:
+    """CommonMark plus tables; raw HTML is escaped, ``javascript:`` links are not made."""
+    html_text: str = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    return html_text
+
+
 @functools.cache
 def render_page() -> str:
-    """The README as a complete HTML page (CommonMark and tables; raw HTML escaped)."""
+    """The README as a complete HTML page."""
     readme = resources.files("airflow_provider_hpc").joinpath("README.md").read_text("utf-8")
-    renderer = MarkdownIt("commonmark", {"html": False}).enable("table")
     title = html.escape(
         f"{NAME} — Airflow provider ({DISTRIBUTION} {metadata.version(DISTRIBUTION)})"
     )
@@ -61,7 +66,7 @@ def render_page() -> str:
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{title}</title><style>{_STYLE}</style></head>\n"
-        f"<body><header>{title}</header>\n<main>{renderer.render(readme)}</main></body></html>\n"
+        f"<body><header>{title}</header>\n<main>{render_markdown(readme)}</main></body></html>\n"
     )
 
 
@@ -78,12 +83,3 @@ def create_app() -> FastAPI:
         return RedirectResponse("docs/")
 
     return app
-
-
-class HpcProviderPlugin(AirflowPlugin):
-    """Registered by the provider info's ``plugins`` and the ``airflow.plugins`` entry point."""
-
-    name = "hpcgate"
-    fastapi_apps = [
-        {"name": f"{NAME} documentation", "app": create_app(), "url_prefix": URL_PREFIX}
-    ]

@@ -23,6 +23,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 
 from airflow_provider_hpc.get_provider_info import NAME
+from airflow_provider_hpc.plugins.docs import DOCS_URL
 from tests.provider.airflow_stack import AirflowStack, airflow_env
 from tests.provider.browser.conftest import Browser
 from tests.server import ApiServer
@@ -50,6 +51,8 @@ def stack(api_server: ApiServer, airflow_home: Callable[[str], Path]) -> Iterato
     finally:
         stack.stop()
 
+
+TEST_TOASTS = ("Test Connection Successful", "Test Connection Failed")
 
 LABELS = (
     "API URL",
@@ -126,6 +129,41 @@ def _create_connection_in_the_form(
     browser.shot("connection-saved")
 
 
+def _press_test_in_the_list(browser: Browser, stack: AirflowStack) -> str:
+    """The connection list's Test button for hpc_default; the toast it shows."""
+    d = browser.driver
+    d.get(f"{stack.url}/connections")
+    browser.wait_for(lambda: "hpc_default" in browser.text(), "the connection list")
+    row = "//tr[.//*[normalize-space()='hpc_default']]"
+    d.find_element(By.XPATH, f"{row}//button[@aria-label='Test Connection']").click()
+    outcome = browser.wait_for(
+        lambda: next((t for t in TEST_TOASTS if t in browser.text()), None),
+        "the Test button's answer",
+        timeout=60,
+    )
+    browser.shot("connection-list-test-button")
+    text = browser.text()
+    return text[text.index(str(outcome)) :]
+
+
+def _edit_dialog_buttons(browser: Browser) -> list[str]:
+    """The edit dialog of hpc_default (open in the list): the labels of its buttons."""
+    d = browser.driver
+    row = "//tr[.//*[normalize-space()='hpc_default']]"
+    d.find_element(By.XPATH, f"{row}//button[@aria-label='Edit Connection']").click()
+    browser.wait_for(
+        lambda: "Edit Connection" in browser.text() and "API URL" in browser.text(),
+        "the edit dialog",
+    )
+    browser.shot("connection-edit-dialog")
+    buttons = d.execute_script(
+        "return [...document.querySelectorAll('[role=dialog] button')]"
+        ".map(b => (b.textContent.trim() || b.getAttribute('aria-label') || ''))"
+    )
+    d.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    return [str(label) for label in buttons]
+
+
 def _task_page_links(
     browser: Browser, stack: AirflowStack, run_id: str, name: str
 ) -> dict[str, str]:
@@ -165,7 +203,15 @@ def test_a_person_creates_the_connection_and_follows_the_job_link(
     saved = stack.client.get("/api/v2/connections/hpc_default").json()
     assert saved["conn_type"] == "hpc" and saved["host"] == api_server.url, saved
     assert json.loads(saved["extra"])["system"] == api_server.system, saved
-    # Test as the README says: the CLI (the list's Test button needs apache/airflow#73298)
+    # Airflow 3.3.2's list button sends port 0 (apache/airflow#73298): the provider's plugin
+    # drops it for hpc connections, so the stored token is used and the hook's test runs
+    toast = _press_test_in_the_list(browser, stack)
+    assert toast.startswith("Test Connection Successful"), toast
+    assert f"connected; systems: {api_server.system}" in toast, toast
+    # 3.3.2's edit dialog has no Test button (the list's is the UI's only one)
+    buttons = _edit_dialog_buttons(browser)
+    assert "Save" in buttons and not [b for b in buttons if "test" in b.lower()], buttons
+    # and the CLI, as the README says
     tested = subprocess.run(
         [str(Path(sys.executable).parent / "airflow"), "connections", "test", "hpc_default"],
         env=stack.env,
@@ -211,15 +257,26 @@ def test_admin_providers_names_the_provider_and_links_its_documentation(
     browser.wait_for(lambda: "hpcgate" in browser.text(), "the provider list")
     browser.shot("providers")
     assert f"{NAME}: submit and wait on Slurm jobs" in browser.text()
-    link = d.find_element(By.XPATH, "//a[normalize-space()='hpcgate']").get_attribute("href")
-    documentation = next(
-        (
-            url.split(",", 1)[1].strip()
-            for url in metadata("hpcgate").get_all("Project-URL") or []
-            if url.split(",", 1)[0].strip().lower() == "documentation"
-        ),
-        None,
-    )
-    if documentation is None:  # the integrator adds it to pyproject.toml
-        pytest.xfail(f"no [project.urls] Documentation in the package: the UI links {link}")
-    assert link == documentation
+    documentation = [
+        url.split(",", 1)[1].strip()
+        for url in metadata("hpcgate").get_all("Project-URL") or []
+        if url.split(",", 1)[0].strip().lower() == "documentation"
+    ]
+    assert documentation == [DOCS_URL]  # relative: resolved against the UI's base URL
+    link = d.find_element(By.XPATH, "//a[normalize-space()='hpcgate']")
+    assert link.get_attribute("href") == f"{stack.url}/{DOCS_URL}"
+    before = set(d.window_handles)
+    link.click()  # opens a new tab (target=_blank)
+    [tab] = browser.wait_for(lambda: set(d.window_handles) - before, "the documentation tab")
+    d.switch_to.window(tab)
+    try:
+        browser.wait_for(lambda: "Connection (conn_type hpc" in browser.text(), "the docs")
+        browser.shot("provider-documentation")
+        assert d.current_url == f"{stack.url}/{DOCS_URL}"
+        assert d.title == f"{NAME} — Airflow provider (hpcgate 0.1.0)"
+        page = browser.text()
+        assert "Operators, sensors, triggers, links" in page and "HpcSubmitJobOperator" in page
+        assert not d.find_elements(By.TAG_NAME, "script")
+    finally:
+        d.close()
+        d.switch_to.window(next(iter(before)))
