@@ -27,11 +27,16 @@ ENV = {
     "HPC_SITE_CLUSTER": "lifecycle",
     "HPC_SITE_USERS": "hpcltest1",
     "HPC_SITE_ACCOUNT": "lifeproj",
-    "HPC_SITE_SSH_PORT": "2322",
-    "HPC_SITE_CTLD_PORT": "6917",
-    "HPC_SITE_SLURMD_PORT": "6918",
-    "HPC_SITE_DBD_PORT": "6919",
-    "HPC_SITE_DB_PORT": "3407",
+    # its own service identity: the session's servers hold SSH sessions as the shared
+    # site's, whose home `up` would otherwise move (usermod refuses a user in use)
+    "HPC_SITE_SERVICE_USER": "hpcltestsvc",
+    # ports apart from the shared site's, the private fault site's (2322, 69xx, 3407
+    # and +100 per xdist worker) and the container tests' (24xx-25xx, 70xx-71xx, 35xx-36xx)
+    "HPC_SITE_SSH_PORT": "2722",
+    "HPC_SITE_CTLD_PORT": "7317",
+    "HPC_SITE_SLURMD_PORT": "7318",
+    "HPC_SITE_DBD_PORT": "7319",
+    "HPC_SITE_DB_PORT": "3807",
 }
 
 

@@ -114,6 +114,9 @@ def test_node_failure_is_resubmitted_once_and_the_task_succeeds_in_one_try(
                 {"type": "file", "log_file_path": str(lineage), "append": True}
             ),
             "AIRFLOW__OPENLINEAGE__NAMESPACE": "hpcgate-tests",
+            # the task's events are emitted by a child the runner waits for at most this
+            # long (10 s by default, which a busy 2-core machine can overrun: event lost)
+            "AIRFLOW__OPENLINEAGE__EXECUTION_TIMEOUT": "120",
         },
     )
     process = start_dagrun(DAG, env, conf={"steps": 45, "no_requeue": True})
