@@ -17,26 +17,15 @@ if TYPE_CHECKING:
 
 
 def run_server(app: FastAPI, settings: Settings, *, host: str, port: int) -> None:
-    """Serve ``app`` with uvicorn the way ``hpcgate serve`` does: its own logging, and
-    the request head bounded in size and time (``settings.http``)."""
+    """Serve ``app`` with uvicorn the way ``hpcgate serve`` does, in one process: its own
+    logging, the request head bounded in size and time (``hpcgate.api.serving``)."""
     import uvicorn
 
-    from hpcgate.api.connection import protocol_class
+    from hpcgate.api.serving import uvicorn_options
     from hpcgate.operations.logs import configure_logging
 
     configure_logging(settings.log_level)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        # h11 bounds the request head (httptools does not); see hpcgate.api.connection
-        http=protocol_class(settings.http),
-        h11_max_incomplete_event_size=settings.http.max_header_bytes,
-        timeout_keep_alive=settings.http.keep_alive_timeout_seconds,
-    )
+    uvicorn.run(app, host=host, port=port, **uvicorn_options(settings))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -47,6 +36,19 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"hpcgate: {exc}", file=sys.stderr)
         return 2
+    workers: int = args.workers
+    if workers < 1:
+        print("hpcgate: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers > 1:
+        from hpcgate.api.serving import WorkersRefused, serve_workers
+
+        try:
+            return serve_workers(args.config, settings, host=args.host, port=args.port,
+                                 workers=workers)  # fmt: skip
+        except WorkersRefused as exc:
+            print(f"hpcgate: {exc}", file=sys.stderr)
+            return 2
     run_server(create_app(settings), settings, host=args.host, port=args.port)
     return 0
 
@@ -130,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", required=True, help="YAML configuration file")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port (more than 1 needs the Redis store: "
+        "idempotency.backend redis; see hpcgate.api.serving)",
+    )
     serve.set_defaults(handler=_serve)
 
     check = commands.add_parser("check-config", help="validate a configuration file")

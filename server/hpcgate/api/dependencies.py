@@ -31,7 +31,13 @@ def get_services(request: Request) -> Services:
     return services
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+async def _services(request: Request) -> Services:
+    # dependencies are async: FastAPI runs a plain ``def`` one in a worker thread,
+    # which cost a third of the CPU of a small request (bench/README.md)
+    return get_services(request)
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
 
 
 async def authenticated(
@@ -108,7 +114,7 @@ async def system_context(
 SystemDep = Annotated[SystemContext, Depends(system_context)]
 
 
-def get_filesystem(ctx: SystemDep) -> Filesystem:
+async def get_filesystem(ctx: SystemDep) -> Filesystem:
     """The caller's filesystem on the system (503 while the filesystems are unhealthy)."""
     ctx.ensure_healthy("filesystem")
     return ctx.filesystem()
@@ -117,7 +123,7 @@ def get_filesystem(ctx: SystemDep) -> Filesystem:
 FilesystemDep = Annotated[Filesystem, Depends(get_filesystem)]
 
 
-def get_transfers(services: ServicesDep) -> TransferService:
+async def get_transfers(services: ServicesDep) -> TransferService:
     """The application's transfer service (``Services.transfers``)."""
     if services.transfers is None:
         raise ServiceUnavailable("Transfers are not available on this server")

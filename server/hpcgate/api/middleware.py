@@ -8,9 +8,9 @@ per request and never buffers streamed bodies.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,7 +46,8 @@ class RequestContextMiddleware:
                 echoed.append((name, value))
                 request_id = request_id or value
         if not request_id:
-            request_id = uuid.uuid4().hex.encode()
+            # 32 hex digits as before; an id, not a secret: no system randomness needed
+            request_id = b"%032x" % random.getrandbits(128)
             echoed.append((b"x-request-id", request_id))
         state = scope.setdefault("state", {})
         state["request_id"] = request_id.decode()

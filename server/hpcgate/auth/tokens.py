@@ -4,15 +4,24 @@ Keys come from a JWKS file or URL (``AuthSettings``). A token naming an unknown
 ``kid`` triggers one re-read of the key set (rate-limited, concurrent refreshes
 coalesced), so key rotation at the issuer needs no restart. Every rejection is an
 ``Unauthorized`` with a short reason; the token itself is never logged or echoed.
+
+A verified token is remembered (``_Verified``) under the SHA-256 of its exact text,
+in a bounded LRU (``auth.verified_cache_size``), so a client that repeats its token
+pays the signature check once: the check was a fifth of the server's CPU for a
+small request. Only that same token finds the entry; its expiry and not-before are
+checked again at every use, and a reload of the key set forgets every entry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -112,6 +121,16 @@ class _KeySet:
         return cached
 
 
+@dataclass(frozen=True)
+class _Verified:
+    """A token that passed every check: its principal and validity window."""
+
+    principal: Principal
+    expires: float
+    not_before: float | None
+    generation: int
+
+
 class TokenValidator:
     """Validates bearer JWTs against the key set named in ``AuthSettings``."""
 
@@ -129,6 +148,7 @@ class TokenValidator:
         self._generation = 0  # bumped on every successful load
         self._last_attempt: float | None = None  # monotonic time of the last load attempt
         self._lock = asyncio.Lock()
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
 
     @property
     def _source(self) -> str:
@@ -150,6 +170,42 @@ class TokenValidator:
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_LENGTH:
             raise Unauthorized("Malformed token")
         token = token.strip()
+        size = self._settings.verified_cache_size
+        if size == 0:
+            return await self._verify(token)
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._verified.get(digest)
+        if known is not None and known.generation == self._generation:
+            self._check_window(known)
+            self._verified.move_to_end(digest)
+            return known.principal
+        principal = await self._verify(token)
+        self._remember(digest, principal, size)
+        return principal
+
+    def _check_window(self, known: _Verified) -> None:
+        """``exp`` and ``nbf`` of a remembered token, as PyJWT checks them (with leeway)."""
+        now = time.time()
+        leeway = self._settings.leeway_seconds
+        if now >= known.expires + leeway:
+            raise Unauthorized("Token expired")
+        if known.not_before is not None and now < known.not_before - leeway:
+            raise Unauthorized("Token not yet valid")
+
+    def _remember(self, digest: bytes, principal: Principal, size: int) -> None:
+        claims = principal.claims
+        expires, not_before = claims["exp"], claims.get("nbf")
+        if not isinstance(expires, int | float) or isinstance(expires, bool):
+            return  # PyJWT accepted it; not worth keeping in an unusual form
+        if not_before is not None and not isinstance(not_before, int | float):
+            return
+        self._verified[digest] = _Verified(principal, expires, not_before, self._generation)
+        self._verified.move_to_end(digest)
+        while len(self._verified) > size:
+            self._verified.popitem(last=False)
+
+    async def _verify(self, token: str) -> Principal:
+        """Every check of a token: header, key, signature, claims."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -251,6 +307,7 @@ class TokenValidator:
                 else:
                     self._keys = loaded
                     self._generation += 1
+                    self._verified.clear()  # verified with the old keys
                     log.info("auth: loaded %d key(s) from %s", len(loaded), self._source)
             if self._keys is None:
                 raise ServiceUnavailable("Token signing keys are unavailable")

@@ -39,6 +39,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _COMMAND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 Gauges = Callable[[], Iterable[Metric]]
+_MAX_CACHED_CHILDREN = 4096
 
 
 def command_kind(argv: Sequence[str]) -> str:
@@ -121,15 +122,23 @@ class Metrics:
         )
         self._live = _Live()
         self.registry.register(self._live)
+        # the request series' children by labels: labels() costs more than the update
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def add_gauges(self, provider: Gauges) -> None:
         """Collect ``provider()``'s metric families at every scrape."""
         self._live.providers.append(provider)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        labels = (method, route, str(status))
-        self.requests.labels(*labels).inc()
-        self.request_seconds.labels(*labels).observe(seconds)
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            labels = (method, route, str(status))
+            children = (self.requests.labels(*labels), self.request_seconds.labels(*labels))
+            if len(self._request_children) < _MAX_CACHED_CHILDREN:
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_command(
         self, system: str, argv: Sequence[str], seconds: float, exit_status: int | None

@@ -1,0 +1,120 @@
+"""One worker against several, in one run: ``hpcgate serve`` and ``--workers N``.
+
+Both servers share their state through a private redis-server (the store several
+workers need; the single worker uses it too, so that only the process count
+differs). For ``GET ops/stat`` and ``GET jobs/{id}`` at each concurrency it drives
+each server in turn for the same time (aiohttp, ``bench/loadgen.py``) and reports
+requests per second, p50, p99, CPU milliseconds per request of all the server's
+processes, and the ratio of the two rates. The load generator shares the machine.
+
+    .venv/bin/python bench/workers_bench.py [--workers 2] [--duration 8] [--levels 10,50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.floor_bench import JOB_NAME, Case, measure, prepare, quiet
+from bench.loadgen import format_row
+from bench.serving import shared_store, start_hpcgate, start_redis
+from tests.site import ensure_site_up
+
+
+async def bench(args: argparse.Namespace) -> str:
+    site = ensure_site_up()
+    workdir = Path(tempfile.mkdtemp(prefix="hpcgate-workersbench-"))
+    conn, remote, job_id = await prepare(site, [20])
+    redis = start_redis(workdir / "redis")
+    store = shared_store(redis)
+    one = start_hpcgate(site, workdir / "one", workers=1, settings=store)
+    many = start_hpcgate(site, workdir / "many", workers=args.workers, settings=store)
+    rows = []
+    try:
+        cases = []
+        for level in args.levels:
+            stat = f"/filesystem/{one.system}/ops/stat?path={remote}/ls20/file-00001"
+            cases.append(Case("GET ops/stat", stat, stat, level))
+            job = f"/compute/{one.system}/jobs/{job_id}"
+            cases.append(Case("GET jobs/{id}", job, job, level))
+        await asyncio.sleep(4)
+        tokens = {}
+        for served in (one, many):
+            assert served.issuer is not None
+            tokens[served.url] = served.issuer.mint("hpcuser1", lifetime_seconds=6 * 3600)
+            headers = {"Authorization": f"Bearer {tokens[served.url]}"}
+            async with aiohttp.ClientSession(headers=headers) as session:
+                for case in cases:  # warm every worker: many connections at once
+
+                    async def get(url: str = served.url + case.path) -> None:
+                        async with session.get(url) as response:
+                            assert response.status == 200, await response.text()
+
+                    await asyncio.gather(*(get() for _ in range(4 * args.workers)))
+        for case in cases:
+            load = await quiet(args.max_load, args.patience)
+            results = []
+            for served in (one, many):
+                headers = {"Authorization": f"Bearer {tokens[served.url]}"}
+                result, cpu = await measure(
+                    served, served.url + case.path, headers, case, args.duration
+                )
+                results.append((result, cpu))
+                print(f"load {load:.2f} {format_row(result)}  CPU {cpu:.3f} ms/req", flush=True)
+            (a, a_cpu), (b, b_cpu) = results
+            rows.append(
+                f"| {case.label} | {case.concurrency} | {load:.2f} | {a.rps:,.0f} | {a.p50_ms} "
+                f"| {a.p99_ms} | {a_cpu} | {b.rps:,.0f} | {b.p50_ms} | {b.p99_ms} | {b_cpu} "
+                f"| {a.errors + b.errors} | {b.rps / a.rps:.2f} |"
+            )
+    finally:
+        await conn.run(f"rm -rf {shlex.quote(remote)}", check=False)
+        await conn.run(shlex.join(["scancel", f"--name={JOB_NAME}"]), check=False)
+        conn.close()
+        one.stop()
+        many.stop()
+        redis.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    head = [
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, {args.duration} s per "
+        f"point, Redis store for both",
+        "",
+        f"| request | c | load | 1 worker req/s | p50 ms | p99 ms | CPU ms/req "
+        f"| {args.workers} workers req/s | p50 ms | p99 ms | CPU ms/req | errors | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--levels", default="10,50")
+    parser.add_argument("--max-load", type=float, default=1.5)
+    parser.add_argument("--patience", type=float, default=60.0)
+    parser.add_argument("--output", help="append the markdown table here")
+    args = parser.parse_args()
+    args.levels = [int(level) for level in args.levels.split(",") if level]
+    args.duration = min(args.duration, 120.0)
+    table = asyncio.run(bench(args))
+    print(table)
+    if args.output:
+        with open(args.output, "a") as handle:
+            handle.write(table + "\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

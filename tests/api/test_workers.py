@@ -1,0 +1,267 @@
+"""``hpcgate serve --workers N``: real worker processes on the local site.
+
+Two workers share one port (SO_REUSEPORT) and a real redis-server. Connections are
+pinned to a worker (``ss`` names the process that holds each one), so the tests
+can speak to each worker on purpose: both serve, an Idempotency-Key sent to both
+at once makes one job, and while a job is watched from both, the two together run
+one watcher round per interval. Without a shared store ``--workers 2`` is refused.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hpcgate.auth.localauth import LocalIssuer, create_signing_key
+from hpcgate.cli import local_site_config
+from tests.events.conftest import redis_url  # noqa: F401 - the session's redis-server
+from tests.events.helpers import commands
+from tests.server import free_port
+from tests.site import SiteEnv
+
+pytestmark = [pytest.mark.site, pytest.mark.e2e]
+
+MIN_INTERVAL = 1.0
+WINDOW = 4.0
+WATCHER = {"min_interval": MIN_INTERVAL, "max_interval": 5.0, "heartbeat_seconds": 1.0}
+
+
+@dataclass
+class Workers:
+    """A running ``hpcgate serve --workers N``."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    issuer: LocalIssuer
+    system: str
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.issuer.mint('hpcuser1')}"}
+
+    def worker_pids(self) -> set[int]:
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return {
+            int(child)
+            for child in children
+            if "resource_tracker" not in Path(f"/proc/{child}/cmdline").read_text()
+        }
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def write_config(site_env: SiteEnv, workdir: Path, extra: dict[str, Any]) -> Path:
+    config = local_site_config(site_env.values, workdir / "keys")
+    config["state_dir"] = str(workdir / "state")
+    config["health"] = {"interval_seconds": 3600}
+    config["systems"][0]["watcher"] = WATCHER  # type: ignore[index]
+    config.update(extra)
+    path = workdir / "hpcgate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def serve(config: Path, workdir: Path, workers: int) -> Workers:
+    port = free_port()
+    log_path = workdir / "serve.log"
+    argv = [sys.executable, "-m", "hpcgate.cli", "serve", "--config", str(config)]
+    process = subprocess.Popen(
+        [*argv, "--port", str(port), "--workers", str(workers)],
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    system = yaml.safe_load(config.read_text())["systems"][0]["name"]
+    served = Workers(port, process, log_path, create_signing_key(workdir / "keys"), system)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log_path.read_text()
+        if log_path.read_text().count("Application startup complete") >= workers:
+            return served
+        time.sleep(0.2)
+    served.stop()
+    raise AssertionError(f"the workers did not start:\n{log_path.read_text()}")
+
+
+def owner(connection: http.client.HTTPConnection, port: int) -> int:
+    """The pid of the server process holding ``connection`` (from ``ss``)."""
+    assert connection.sock is not None
+    local = connection.sock.getsockname()[1]
+    listing = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for line in listing.splitlines():
+        if re.search(rf":{local}\s", line + " "):
+            found = re.search(r"pid=(\d+)", line)
+            assert found is not None, line
+            return int(found.group(1))
+    raise AssertionError(f"no server side of local port {local} in:\n{listing}")
+
+
+def pinned(server: Workers) -> dict[int, http.client.HTTPConnection]:
+    """One open connection to each worker, by worker pid."""
+    wanted = server.worker_pids()
+    found: dict[int, http.client.HTTPConnection] = {}
+    for _ in range(64):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        connection.connect()
+        pid = owner(connection, server.port)
+        if pid in found:
+            connection.close()
+        else:
+            found[pid] = connection
+        if set(found) == wanted:
+            return found
+    raise AssertionError(f"connections reached only {set(found)} of {wanted}")
+
+
+def call(
+    connection: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: dict[str, Any] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    sent = {**headers, **({"Content-Type": "application/json"} if data else {})}
+    connection.request(method, path, body=data, headers=sent)
+    response = connection.getresponse()
+    return response.status, dict(response.getheaders()), response.read()
+
+
+@pytest.fixture(scope="module")
+def workers(
+    site_env: SiteEnv,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,  # noqa: F811 - the imported fixture
+) -> Iterator[Workers]:
+    workdir = tmp_path_factory.mktemp("workers")
+    idempotency = {
+        "backend": "redis",
+        "redis_url": redis_url,
+        "redis_key_prefix": f"workers:{uuid.uuid4().hex[:8]}:",
+    }
+    server = serve(write_config(site_env, workdir, {"idempotency": idempotency}), workdir, 2)
+    yield server
+    server.stop()
+
+
+def test_several_workers_need_a_shared_store(site_env: SiteEnv, tmp_path: Path) -> None:
+    config = write_config(site_env, tmp_path, {})
+    result = subprocess.run(
+        [sys.executable, "-m", "hpcgate.cli", "serve", "--config", str(config), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "idempotency.backend: redis" in result.stderr
+
+
+def test_two_workers_serve(workers: Workers) -> None:
+    connections = pinned(workers)
+    assert len(connections) == 2
+    for connection in connections.values():
+        status, _, body = call(connection, "GET", "/status/systems", workers.headers())
+        assert status == 200, body
+        assert json.loads(body)["systems"][0]["name"] == workers.system
+        connection.close()
+
+
+def submission(site_env: SiteEnv, name: str, script: str) -> dict[str, Any]:
+    return {
+        "job": {
+            "name": name,
+            "workingDirectory": site_env.scratch("hpcuser1"),
+            "script": f"#!/bin/bash\n{script}\n",
+            "standardOutput": "/dev/null",
+        }
+    }
+
+
+async def test_one_key_to_both_workers_makes_one_job(
+    workers: Workers, site_env: SiteEnv, ssh_as: Any
+) -> None:
+    connections = list(pinned(workers).values())
+    name = f"wk-{uuid.uuid4().hex[:8]}"
+    headers = {**workers.headers(), "Idempotency-Key": uuid.uuid4().hex}
+    body = submission(site_env, name, "sleep 1")
+    path = f"/compute/{workers.system}/jobs"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda c: call(c, "POST", path, headers, body), connections))
+    for connection in connections:
+        connection.close()
+    assert [status for status, _, _ in answers] == [201, 201], answers
+    ids = {json.loads(body)["jobId"] for _, _, body in answers}
+    assert len(ids) == 1, answers
+    replayed = [h.get("idempotent-replayed") for _, h, _ in answers]
+    assert replayed.count("true") == 1, replayed
+    conn = await ssh_as("hpcuser1")
+    listing = await conn.run(shlex.join(["squeue", "-h", "-t", "all", "-n", name, "-o", "%i"]))
+    assert str(listing.stdout).split() == [str(ids.pop())]
+
+
+def watcher_squeues(connection: http.client.HTTPConnection) -> float:
+    status, _, body = call(connection, "GET", "/metrics", {})
+    assert status == 200
+    return commands(body.decode(), "squeue", source="watcher")
+
+
+def test_one_watcher_round_per_interval_for_all_workers(
+    workers: Workers, site_env: SiteEnv
+) -> None:
+    waiting = pinned(workers)
+    scraping = pinned(workers)
+    path = f"/compute/{workers.system}/jobs"
+    status, _, body = call(
+        next(iter(waiting.values())),
+        "POST",
+        path,
+        workers.headers(),
+        submission(site_env, f"wk-{uuid.uuid4().hex[:8]}", "sleep 7"),
+    )
+    assert status == 201, body
+    job_id = json.loads(body)["jobId"]
+    wait = f"{path}/{job_id}?waitFor=terminal&timeout=60"
+    headers = workers.headers()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        waiters = [pool.submit(call, c, "GET", wait, headers) for c in waiting.values()]
+        time.sleep(1.5)  # both waiting, rounds at the fast pace
+        before = {pid: watcher_squeues(c) for pid, c in scraping.items()}
+        time.sleep(WINDOW)
+        after = {pid: watcher_squeues(c) for pid, c in scraping.items()}
+        ended = [future.result(timeout=90) for future in waiters]
+    for connection in [*waiting.values(), *scraping.values()]:
+        connection.close()
+    states = [json.loads(body)["jobs"][0]["status"]["state"] for _, _, body in ended]
+    assert states == ["COMPLETED", "COMPLETED"], ended
+    counts = sorted(after[pid] - before[pid] for pid in before)
+    expected = WINDOW / MIN_INTERVAL
+    print(f"watcher squeue commands per worker in {WINDOW:g} s: {counts}")
+    assert counts[0] == 0, counts  # the follower runs none
+    assert expected / 2 <= sum(counts) <= expected + 2, counts

@@ -1,0 +1,71 @@
+"""Smoke runs of the benchmarks: each script, tiny durations, against the real site.
+
+They check that the scripts run end to end (servers start, every request answers,
+the tables are written), not the figures: those are taken by hand on a quiet
+machine (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.site import SiteEnv
+
+pytestmark = [pytest.mark.site, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(*argv: str, timeout: float = 300) -> str:
+    result = subprocess.run(
+        [sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_floor_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
+    output = tmp_path / "floor.md"
+    stdout = run("bench/floor_bench.py", "--smoke", "--output", str(output))
+    table = output.read_text()
+    for label in ("GET ops/stat", "GET ops/ls (20 entries)", "GET jobs/{id}", "GET status/systems"):
+        assert f"| {label} |" in table, stdout
+    # every row has both servers' figures and no errors
+    rows = [line for line in table.splitlines() if line.startswith("| GET")]
+    assert len(rows) == 4
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        errors = cells[7]
+        done, total = errors.split("/")
+        assert done == "0" and int(total) > 0, row
+        assert float(cells[-1]) > 0, row
+
+
+def test_api_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
+    output = tmp_path / "api.md"
+    run("bench/api_bench.py", "--duration", "0.3", "--levels", "1", "--max-submits", "3",
+        "--output", str(output))  # fmt: skip
+    assert "| GET /status/systems | 1 |" in output.read_text()
+
+
+def test_fs_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
+    output = tmp_path / "fs.md"
+    run("bench/fs_bench.py", "--duration", "0.3", "--levels", "1", "--size-mib", "4",
+        "--output", str(output))  # fmt: skip
+    table = output.read_text()
+    assert "| GET ops/stat | 1 |" in table
+    assert "POST ops/upload" in table
+
+
+def test_workers_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
+    output = tmp_path / "workers.md"
+    run("bench/workers_bench.py", "--duration", "0.3", "--levels", "2", "--patience", "0",
+        "--output", str(output))  # fmt: skip
+    rows = [line for line in output.read_text().splitlines() if line.startswith("| GET")]
+    assert len(rows) == 2
+    for row in rows:
+        assert row.split("|")[-3].strip() == "0", row  # no errors
