@@ -53,20 +53,15 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import yaml
 
 from hpcgate.auth.localauth import create_signing_key
-from hpcgate.cli import local_site_config
-from tests.server import ApiServer, free_port
+from tests.server import ApiServer, free_port, spawn, wait_live, write_config
 from tests.site import REPO, SITE_COMMAND, SiteEnv
 
 __all__ = [
@@ -221,33 +216,8 @@ class PrivateServer(ApiServer):
         """Start again with the same configuration, state and port (after kill/stop)."""
         if self.process.poll() is None:
             self.stop()
-        self.process = _spawn(self.config_path, self.port, self.launcher, self.log_path)
-        _wait_live(self.url, self.process, self.log_path)
-
-
-def _spawn(config: Path, port: int, launcher: str, log_path: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", launcher, "serve", "--config", str(config)]
-    return subprocess.Popen(
-        [*argv, "--port", str(port)],
-        stdout=log_path.open("ab"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def _wait_live(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"hpcgate exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/status/liveness/", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"hpcgate did not answer in 30 s:\n{log_path.read_text()}")
+        self.process = spawn(self.config_path, self.port, self.launcher, self.log_path)
+        wait_live(self.url, self.process, self.log_path)
 
 
 def start_private_server(
@@ -259,23 +229,16 @@ def start_private_server(
     launcher: str = "hpcgate.cli",
 ) -> PrivateServer:
     """Like ``tests.server.start_server``, but restartable on the same port."""
-    key_dir = workdir / "keys"
-    config = local_site_config(site_env.values, key_dir)
-    config.setdefault("state_dir", str(workdir / "state"))
-    config.update(settings_overrides or {})
-    system = config["systems"][0]  # type: ignore[index]
-    system.update(overrides or {})
-    config_path = workdir / "hpcgate.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    config_path, system = write_config(
+        site_env, workdir, overrides=overrides, settings_overrides=settings_overrides
+    )
     port = free_port()
     log_path = workdir / "hpcgate.log"
-    process = _spawn(config_path, port, launcher, log_path)
+    process = spawn(config_path, port, launcher, log_path)
     url = f"http://127.0.0.1:{port}"
-    _wait_live(url, process, log_path)
-    issuer = create_signing_key(key_dir)
-    return PrivateServer(
-        url, system["name"], issuer, process, log_path, config_path, port, launcher
-    )
+    wait_live(url, process, log_path)
+    issuer = create_signing_key(workdir / "keys")
+    return PrivateServer(url, system, issuer, process, log_path, config_path, port, launcher)
 
 
 @pytest.fixture(scope="session")

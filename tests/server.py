@@ -85,6 +85,54 @@ class ApiServer:
             self.process.wait()
 
 
+def write_config(
+    site_env: SiteEnv,
+    workdir: Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    settings_overrides: dict[str, Any] | None = None,
+) -> tuple[Path, str]:
+    """Write ``workdir/hpcgate.yaml`` for the site (plus ``overrides`` on the system and
+    ``settings_overrides`` at the top level; state in ``workdir``): its path and the
+    system's name. The token signing key is in ``workdir/keys``."""
+    config = local_site_config(site_env.values, workdir / "keys")
+    config.setdefault("state_dir", str(workdir / "state"))
+    config.update(settings_overrides or {})
+    system = config["systems"][0]  # type: ignore[index]
+    system.update(overrides or {})
+    config_path = workdir / "hpcgate.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    return config_path, str(system["name"])
+
+
+def spawn(config_path: Path, port: int, launcher: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m <launcher> serve`` on ``port``, its output appended to ``log_path``."""
+    argv = [sys.executable, "-m", launcher, "serve", "--config", str(config_path)]
+    return subprocess.Popen(
+        [*argv, "--port", str(port)],
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_live(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Return once ``/status/liveness/`` answers 200; raise with the log if the process
+    exits or 30 s pass."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"hpcgate exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/status/liveness/", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"hpcgate did not answer in 30 s:\n{log_path.read_text()}")
+
+
 def start_server(
     site_env: SiteEnv,
     workdir: Path,
@@ -93,47 +141,16 @@ def start_server(
     settings_overrides: dict[str, Any] | None = None,
     launcher: str = "hpcgate.cli",
 ) -> ApiServer:
-    """Write a configuration for the site (plus ``overrides`` on the system and
-    ``settings_overrides`` at the top level) and serve it; state lives in ``workdir``.
+    """Write a configuration for the site (``write_config``) and serve it.
     ``launcher``: the module run as ``python -m <launcher> serve`` (``tests.faults``
     serves the application with injected faults)."""
-    key_dir = workdir / "keys"
-    config = local_site_config(site_env.values, key_dir)
-    config.setdefault("state_dir", str(workdir / "state"))
-    config.update(settings_overrides or {})
-    system = config["systems"][0]  # type: ignore[index]
-    system.update(overrides or {})
-    config_path = workdir / "hpcgate.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    config_path, system = write_config(
+        site_env, workdir, overrides=overrides, settings_overrides=settings_overrides
+    )
     port = free_port()
     log_path = workdir / "hpcgate.log"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            launcher,
-            "serve",
-            "--config",
-            str(config_path),
-            "--port",
-            str(port),
-        ],
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"hpcgate exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/status/liveness/", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        raise RuntimeError(f"hpcgate did not answer in 30 s:\n{log_path.read_text()}")
-    issuer = create_signing_key(key_dir)
-    return ApiServer(url, system["name"], issuer, process, log_path)
+    process = spawn(config_path, port, launcher, log_path)
+    wait_live(url, process, log_path)
+    issuer = create_signing_key(workdir / "keys")
+    return ApiServer(url, system, issuer, process, log_path)

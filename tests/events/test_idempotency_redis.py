@@ -21,9 +21,10 @@ from hpcgate.compute.idempotency import (
     KeyScope,
     stamp,
 )
-from hpcgate.compute.idempotency_redis import RedisIdempotencyStore, redacted
+from hpcgate.compute.idempotency_redis import RedisIdempotencyStore
 from hpcgate.compute.scheduler.models import JobSubmitRequest
 from hpcgate.config import ConfigError, IdempotencySettings, load_settings
+from hpcgate.operations.redis_client import redacted
 
 T = TypeVar("T")
 StoreFactory = Callable[..., Awaitable[RedisIdempotencyStore]]

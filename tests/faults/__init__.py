@@ -1,10 +1,12 @@
-"""hpcgate served with test-only faults, for the idempotency tests that kill it.
+"""hpcgate served with test-only faults, for the tests that kill it.
 
 The production server has no fault knobs; this launcher builds the same application
 (``Services.build`` + ``create_app``) with the keyed-submission path wrapped: for keys
 starting with ``FAULT_PREFIX`` it sleeps ``FAULT_DELAY`` seconds after sbatch, before
 the job id is recorded (``DelayedStore``: a kill -9 there leaves a pending key), and
 after recording, before answering (``DelayedSubmitter``: the client loses the answer).
+Uploads to a file named ``FAULT_PREFIX...`` stall before they are open
+(``tests.faults.transfer_state``). Only those keys and names are touched.
 Run like ``hpcgate serve``::
 
     python -m tests.faults serve --config hpcgate.yaml --port 8000
@@ -30,8 +32,8 @@ from hpcgate.compute.idempotency import (
     Submit,
 )
 from hpcgate.compute.scheduler.models import JobSubmitRequest
+from tests.faults.transfer_state import FAULT_PREFIX, SlowToOpen
 
-FAULT_PREFIX = "fault-"
 FAULT_DELAY = 2.0
 
 
@@ -102,6 +104,9 @@ def _serve(args: argparse.Namespace) -> int:
     services.submitter = DelayedSubmitter(
         DelayedStore(services.submitter.store), settings.idempotency, services.metrics
     )
+    if services.transfers is not None:
+        store = services.transfers.store
+        store.backend = SlowToOpen(store.backend)
     run_server(create_app(settings, services=services), settings, host=args.host, port=args.port)
     return 0
 

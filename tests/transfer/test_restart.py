@@ -260,12 +260,12 @@ async def test_reaper_cancels_the_orphaned_job_and_removes_temporary_files(
 ) -> None:
     """Killed mid-creation (job submitted, answer not given): after the restart the
     reaper cancels the job and removes the staging; an expired tus upload's too."""
-    from tests.transfer.faults import FAULT_PREFIX
+    from tests.faults import FAULT_PREFIX
 
     sftp = await sftp_as("hpcuser1")
     base = space["hpcuser1"]
     server = _start(
-        servers, site_env, tmp_path, "tests.transfer.faults", url_ttl_seconds=20,
+        servers, site_env, tmp_path, "tests.faults", url_ttl_seconds=20,
         reap_interval_seconds=1,
     )  # fmt: skip
     database = tmp_path / "state" / "transfers.sqlite3"

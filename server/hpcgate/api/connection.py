@@ -22,26 +22,18 @@ It overrides uvicorn internals (``send_400_response``); the tests in
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from hpcgate.api.head_limits import HeadLimits
 from hpcgate.config import HttpSettings
 
 __all__ = ["BoundedH11Protocol", "protocol_class"]
 
 
-class BoundedH11Protocol(H11Protocol):
+class BoundedH11Protocol(HeadLimits, H11Protocol):
     """uvicorn's h11 protocol with a deadline on each request head and a 431."""
-
-    head_timeout: float = 10.0
-    max_head_bytes: int = 64 * 1024
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -60,46 +52,15 @@ class BoundedH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         if len(self.conn.trailing_data[0]) > self.max_head_bytes:
-            self._reply_and_close(
-                431,
-                "Request Header Fields Too Large",
-                f"The request head exceeds {self.max_head_bytes} bytes (http.max_header_bytes)",
-            )
+            self._too_large()
         else:
             super().send_400_response(msg)
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+    def _head_incomplete(self) -> bool:
+        return self.conn.their_state is h11.IDLE
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
-            return
-        if self.conn.trailing_data[0]:
-            self._reply_and_close(
-                408,
-                "Request Timeout",
-                f"The request head took longer than {self.head_timeout:g} s "
-                "(http.header_read_timeout_seconds)",
-            )
-        else:
-            self.transport.close()  # nothing sent at all: nobody to answer
-
-    def _reply_and_close(self, status: int, reason: str, message: str) -> None:
-        """A FirecREST error body written straight to the socket, then close."""
-        body = json.dumps({"errorType": "error", "message": message}).encode()
-        head = (
-            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-        ).encode()
-        self.transport.write(head + body)
-        self.transport.close()
+    def _head_partial(self) -> bool:
+        return bool(self.conn.trailing_data[0])
 
 
 def protocol_class(settings: HttpSettings) -> type[BoundedH11Protocol]:

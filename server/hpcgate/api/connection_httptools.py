@@ -19,25 +19,21 @@ pins the behaviour for whichever protocol ``http.protocol`` selects.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from hpcgate.api.head_limits import HeadLimits
 from hpcgate.config import HttpSettings
 
 __all__ = ["BoundedHttpToolsProtocol", "httptools_protocol_class"]
 
 
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
+class BoundedHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
     """uvicorn's httptools protocol with a size cap and a deadline on each request head."""
-
-    head_timeout: float = 10.0
-    max_head_bytes: int = 64 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_timer: asyncio.TimerHandle | None = None
         self._reading_head = True  # between a message's end and the next head's end
         self._head_bytes = 0  # bytes read while the current head is incomplete
         self._head_started = False  # a byte of the current head has been parsed
@@ -64,11 +60,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         elif reading_head:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
-                self._reply_and_close(
-                    431,
-                    "Request Header Fields Too Large",
-                    f"The request head exceeds {self.max_head_bytes} bytes (http.max_header_bytes)",
-                )
+                self._too_large()
 
     # -- parser callbacks -------------------------------------------------------------
 
@@ -89,41 +81,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = True
         self._head_bytes = 0
 
-    # -- the deadline -----------------------------------------------------------------
+    # -- HeadLimits ---------------------------------------------------------------------
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+    def _head_incomplete(self) -> bool:
+        return self._reading_head
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.transport.is_closing() or not self._reading_head:
-            return
-        if self._head_started or self._head_bytes:
-            self._reply_and_close(
-                408,
-                "Request Timeout",
-                f"The request head took longer than {self.head_timeout:g} s "
-                "(http.header_read_timeout_seconds)",
-            )
-        else:
-            self.transport.close()  # nothing sent at all: nobody to answer
-
-    def _reply_and_close(self, status: int, reason: str, message: str) -> None:
-        """A FirecREST error body written straight to the socket, then close."""
-        body = json.dumps({"errorType": "error", "message": message}).encode()
-        head = (
-            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-        ).encode()
-        self._cancel_head_timer()
-        self.transport.write(head + body)
-        self.transport.close()
+    def _head_partial(self) -> bool:
+        return self._head_started or self._head_bytes > 0
 
 
 def httptools_protocol_class(settings: HttpSettings) -> type[BoundedHttpToolsProtocol]:

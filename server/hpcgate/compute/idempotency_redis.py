@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import uuid
-from urllib.parse import urlsplit
 
 from redis import asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -36,6 +35,8 @@ from redis.exceptions import RedisError
 
 from hpcgate import errors
 from hpcgate.compute.idempotency import IdempotencyRecord, KeyQuota, KeyScope, quota_exceeded
+from hpcgate.operations import redis_client
+from hpcgate.operations.redis_client import redacted
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +99,6 @@ return 0
 """
 
 
-def redacted(url: str) -> str:
-    """``url`` without its password (for logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=user + host).geturl()
-
-
 def _unavailable(exc: RedisError) -> errors.ServiceUnavailable:
     log.warning("idempotency store (Redis) failed: %s", type(exc).__name__)
     return errors.ServiceUnavailable("The idempotency key store is unavailable; retry later")
@@ -137,16 +128,7 @@ class RedisIdempotencyStore:
         self._drop: AsyncScript
 
     async def open(self) -> None:
-        client = aioredis.from_url(
-            self._url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10
-        )
-        try:
-            await client.ping()
-        except RedisError as exc:
-            await client.aclose()
-            raise RuntimeError(
-                f"idempotency store: cannot reach Redis at {redacted(self._url)}: {exc}"
-            ) from None
+        client = await redis_client.connect(self._url, what="idempotency store")
         self._redis = client
         self._claim, self._complete, self._release, self._renew, self._drop = (
             client.register_script(lua) for lua in (_CLAIM, _COMPLETE, _RELEASE, _RENEW, _DROP)

@@ -29,7 +29,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from hpcgate import errors
-from hpcgate.compute.idempotency_redis import redacted
+from hpcgate.operations import redis_client
+from hpcgate.operations.redis_client import redacted
 from hpcgate.transfer.state import ClaimResult, Instance, Parts, Record, group_of
 
 log = logging.getLogger(__name__)
@@ -126,16 +127,7 @@ class RedisTransferState:
         return self._redis
 
     async def open(self) -> None:
-        client = aioredis.from_url(
-            self._url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10
-        )
-        try:
-            await client.ping()
-        except RedisError as exc:
-            await client.aclose()
-            raise RuntimeError(
-                f"transfer state: cannot reach Redis at {redacted(self._url)}: {exc}"
-            ) from None
+        client = await redis_client.connect(self._url, what="transfer state")
         self._redis = client
         scripts = {"insert": _INSERT, "update": _UPDATE, "set_part": _SET_PART}
         scripts |= {"delete": _DELETE, "claim": _CLAIM, "release": _RELEASE}

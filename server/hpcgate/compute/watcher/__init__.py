@@ -11,9 +11,12 @@ interested user in per-user mode. The watcher speaks only the ``Scheduler``
 interface and judges jobs by ``hpcgate.compute.jobs``: another backend needs no
 change here.
 
-Modules: ``job_watcher`` (the consumers' API and the polling loop), ``scope`` (one
-polling identity's views and interest), ``rounds`` (what a round makes of the
-records), ``views`` (views, events, subscriptions), ``budget`` (subscriber budgets).
+Modules: ``job_watcher`` (the consumers' API and the polling loop), ``view_writer``
+(a round's result applied to views, events published), ``scope`` (one polling
+identity's views and interest), ``rounds`` (what a round makes of the records),
+``views`` (views, events, subscriptions), ``budget`` (subscriber budgets),
+``lease``/``lease_redis``/``results`` (one replica polls for all: the lease, the
+others' interest and the rounds' results shared through Redis).
 
 * Trust: a scope's views are fed only by commands run as the scope's own identity.
   Everything a command prints as user B comes through B's login shell, which B

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable
 
 from hpcgate import errors
 from hpcgate.cluster.remote import CommandRunner
-from hpcgate.compute.jobs import is_final, top_id, validate_job_id
+from hpcgate.compute.jobs import top_id, validate_job_id
 from hpcgate.compute.scheduler.base import Scheduler
 from hpcgate.compute.scheduler.models import Job
-from hpcgate.compute.scheduler.visibility import JobVisibility, ensure_visible, may_see
+from hpcgate.compute.scheduler.visibility import JobVisibility, ensure_visible
 from hpcgate.compute.watcher.budget import Slot, SubscriberBudget
 from hpcgate.compute.watcher.lease import (
     Interest,
@@ -34,7 +34,8 @@ from hpcgate.compute.watcher.lease import (
 from hpcgate.compute.watcher.results import RoundResult
 from hpcgate.compute.watcher.rounds import ACCOUNTING_DOWN, count_accounting, poll, select
 from hpcgate.compute.watcher.scope import Scope
-from hpcgate.compute.watcher.views import JobEvent, JobView, Subscription, signature
+from hpcgate.compute.watcher.view_writer import ViewWriter
+from hpcgate.compute.watcher.views import JobView, Subscription
 from hpcgate.config import SystemSettings, WatcherSettings
 from hpcgate.operations.metrics import Metrics, command_source
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 RunnerFactory = Callable[[str], CommandRunner]
 
 
-class JobWatcher:
+class JobWatcher(ViewWriter):
     """The watcher of one system. ``start()`` once the loop runs; ``close()`` at exit."""
 
     def __init__(
@@ -331,9 +332,6 @@ class JobWatcher:
         limit = self.settings.min_interval + min(scope.round_seconds, self.settings.min_interval)
         return self._clock() - view.observed <= limit
 
-    def _may_see(self, user: str, view: JobView) -> bool:
-        return may_see(user, view.owner, self.visibility)
-
     def _visible(self, scope: Scope, view: JobView, user: str, job_id: str) -> JobView:
         """``view`` if the caller may see it; else ``NotFound`` (and no interest kept)."""
         try:
@@ -350,64 +348,6 @@ class JobWatcher:
         until = self._clock() + self.settings.interest_seconds
         if scope.lease(user, job_id, until, self.settings.max_leases_per_user):
             self._interested(urgent=False)
-
-    def _next_seq(self) -> int:
-        self._seq = max(self._seq + 1, int(time.time() * 1000))
-        return self._seq
-
-    def _update(
-        self,
-        scope: Scope,
-        view_id: str,
-        job: Job,
-        observed: float,
-        *,
-        settled: bool,
-        accounted: bool = True,
-    ) -> JobView:
-        """Record an observation; publish an event when the state changed. An ended
-        job is final once accounting settled it, or ``settle_seconds`` after it
-        ended if accounting answered (``accounted``) without settling it."""
-        view = scope.views.get(view_id)
-        if view is None:
-            event = JobEvent(self._next_seq(), job)
-            view = scope.views[view_id] = JobView(
-                view_id, job, event, observed, self.settings.history
-            )
-            self._publish(scope, view, event)
-        else:
-            view.observed = max(view.observed, observed)
-            sig = signature(job)
-            if view.final and sig == view.sig:
-                return view  # ended and settled: keep the accounted record
-            view.job = job
-            if sig != view.sig:
-                view.sig = sig
-                event = JobEvent(self._next_seq(), job)
-                view.history.append(event)
-                view.final = False
-                self._publish(scope, view, event)
-        if view.terminal:
-            view.terminal_at = view.terminal_at or observed
-            waited = observed - view.terminal_at
-            view.final = (settled and is_final(job)) or (
-                accounted and waited >= self.settings.settle_seconds
-            )
-        else:
-            view.terminal_at = None
-            view.final = False
-        return view
-
-    def _publish(self, scope: Scope, view: JobView, event: JobEvent) -> None:
-        if self._metrics is not None:
-            self._metrics.watcher_events.labels(self.system).inc()
-        owner = view.owner
-        for sub in scope.subs_by_view.get(view.view_id, ()):
-            if self._may_see(sub.user, view):
-                sub.deliver(view.view_id, event)
-        if owner is not None and view.view_id == top_id(view.view_id):
-            for sub in scope.subs_all.get(owner, ()):
-                sub.deliver(view.view_id, event)
 
     def _due(self, scope: Scope, now: float) -> float | None:
         """When the scope's next round should start, or None without interest."""
@@ -524,40 +464,6 @@ class JobWatcher:
                 )
         if asked:
             await self.coordinator.share(result)
-
-    def _apply(self, scope: Scope, result: RoundResult, *, observed: float, started: float) -> bool:
-        """Write a round's result into ``scope``'s views (only ids someone here watches);
-        True if anything changed."""
-        explicit = scope.explicit_ids(observed)
-        followed = scope.follows_all()
-        changed = False
-        for view_id, job in result.jobs.items():
-            if view_id not in scope.views and view_id not in explicit and job.user not in followed:
-                continue  # another replica's interest
-            before = scope.views.get(view_id)
-            old_seq = before.seq if before is not None else None
-            view = self._update(
-                scope,
-                view_id,
-                job,
-                observed,
-                settled=view_id in result.settled,
-                accounted=view_id not in result.unaccounted,
-            )
-            changed = changed or view.seq != old_seq
-        for view_id in result.nowhere:
-            before = scope.views.get(view_id)
-            if before is not None:
-                before.observed = max(before.observed, observed)  # nothing newer known
-            elif view_id in explicit:
-                # neither the controller nor accounting knows it: stop watching it
-                scope.missing[view_id] = started
-                for by_id in scope.leases.values():
-                    by_id.pop(view_id, None)
-        for view_id in result.unaccounted.difference(result.jobs):
-            if view_id in explicit and view_id not in scope.views:
-                scope.unresolved[view_id] = started
-        return changed
 
     # ------------------------------------------------------------ replicas (``lease``)
 

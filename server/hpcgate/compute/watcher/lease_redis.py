@@ -26,9 +26,10 @@ from typing import Any
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from hpcgate.compute.idempotency_redis import redacted
 from hpcgate.compute.watcher.lease import Interest, RemoteInterest, WatcherPeer
 from hpcgate.compute.watcher.results import RoundResult
+from hpcgate.operations import redis_client
+from hpcgate.operations.redis_client import redacted
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,7 @@ class RedisCoordinator:
 
     def start(self, peer: WatcherPeer) -> None:
         self._peer = peer
-        self._redis = aioredis.from_url(
-            self._url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10
-        )
+        self._redis = redis_client.client(self._url)
         self._tasks = [
             asyncio.create_task(self._keep(), name=f"watcher-lease-{self._system}"),
             asyncio.create_task(self._listen(), name=f"watcher-share-{self._system}"),
@@ -245,7 +244,7 @@ class RedisCoordinator:
         """Apply the leader's rounds (while following); answer wake-ups (while leading)."""
         assert self._peer is not None
         while True:
-            client = aioredis.from_url(self._url, decode_responses=True, socket_connect_timeout=5)
+            client = redis_client.client(self._url, blocking_reads=True)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._rounds, self._wake)

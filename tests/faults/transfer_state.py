@@ -1,28 +1,24 @@
-"""hpcgate served with one test-only transfer fault, for the reaper test that kills it.
-
-The production server has no fault knobs; this launcher builds the same application
-(``Services.build`` + ``create_app``, served by ``cli.run_server``) with the transfer
-state backend wrapped: when an upload whose target's name starts with
-``FAULT_PREFIX`` is about to be marked open (its temporary file made and its Slurm
-job submitted and recorded), it sleeps ``FAULT_DELAY`` seconds first. A kill -9 in
-that window leaves what a crash mid-creation leaves: a record still "creating", a
-staged file and a job nobody will use. Run like ``hpcgate serve``::
-
-    python -m tests.transfer.faults serve --config hpcgate.yaml --port 8000
+"""The transfer fault of ``tests.faults``' launcher: a ``StateBackend`` wrapper under
+which an upload whose target's name starts with ``FAULT_PREFIX``, about to be marked
+open (its temporary file made, its Slurm job submitted and recorded), first sleeps
+``OPEN_DELAY`` seconds. A kill -9 in that window leaves what a crash mid-creation
+leaves: a record still "creating", a staged file and a job nobody will use (the
+reaper test in ``tests/transfer/test_restart.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import posixpath
-import sys
 from collections.abc import Collection, Sequence
 
 from hpcgate.transfer.state import ClaimResult, Instance, Parts, Record, StateBackend
 
 FAULT_PREFIX = "fault-"
-FAULT_DELAY = 60.0
+
+#: an upload whose target's name starts with the launcher's ``FAULT_PREFIX`` stalls
+#: this long before it is marked open (a kill -9 in that window is a crash mid-creation)
+OPEN_DELAY = 60.0
 
 
 class SlowToOpen:
@@ -35,7 +31,7 @@ class SlowToOpen:
         if fields.get("state") == "open":
             loaded = await self.backend.load(transfer_id)
             if loaded and posixpath.basename(loaded[0]["target"]).startswith(FAULT_PREFIX):
-                await asyncio.sleep(FAULT_DELAY)
+                await asyncio.sleep(OPEN_DELAY)
         await self.backend.update(transfer_id, fields)
 
     async def open(self) -> None:
@@ -85,36 +81,3 @@ class SlowToOpen:
 
     async def due(self, now: float, limit: int) -> list[Record]:
         return await self.backend.due(now, limit)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from hpcgate.api.app import create_app
-    from hpcgate.cli import run_server
-    from hpcgate.config import ConfigError, load_settings
-    from hpcgate.services import Services
-
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"tests.transfer.faults: {exc}", file=sys.stderr)
-        return 2
-    services = Services.build(settings)
-    assert services.transfers is not None
-    store = services.transfers.store
-    store.backend = SlowToOpen(store.backend)
-    run_server(create_app(settings, services=services), settings, host=args.host, port=args.port)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.transfer.faults")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the API with the fault")
-    serve.add_argument("--config", required=True)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    return _serve(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
