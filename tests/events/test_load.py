@@ -79,8 +79,9 @@ async def test_thousand_waiters_cost_one_waiters_commands(
     timeout = aiohttp.ClientTimeout(total=None, sock_read=90)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         client = Client(session, events_server)
-        ids = await asyncio.gather(*(client.submit(body) for _ in range(JOBS)))
         try:
+            # inside the try: if one submission fails, the others' jobs are cancelled too
+            ids = await asyncio.gather(*(client.submit(body) for _ in range(JOBS)))
             # one waiter
             one = asyncio.create_task(client.long_poll(ids[0]))
             await asyncio.sleep(2 * MIN_INTERVAL)
