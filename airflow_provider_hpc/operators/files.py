@@ -17,6 +17,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_hpc.exceptions import HpcError, HpcJobError
 from airflow_provider_hpc.fs.filesystem import HpcFileSystem
 from airflow_provider_hpc.hooks.hpc import HpcHook, UsesHpcHook
+from airflow_provider_hpc.operators.lineage import staged
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -56,6 +57,11 @@ def _name(path: Any) -> str:
 
 class _HpcFilesBase(UsesHpcHook, BaseOperator):
     ui_color = "#e8f4e4"
+    _staged: Any = None  # OpenLineage of the transfer, set by execute
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the file read and the file written (see ``operators.lineage``)."""
+        return self._staged
 
     def __init__(
         self,
@@ -135,6 +141,7 @@ class HpcUploadOperator(_HpcFilesBase):
             digest = fs.put_file(str(local), target) or ""
         if self.verify_checksum:
             self.log.info("%s verified (sha256 %s)", remote, digest)
+        self._staged = staged(self.local_path, (system, remote))
         return {"remote_path": remote, "size": size, "sha256": digest}
 
 
@@ -173,6 +180,7 @@ class HpcDownloadOperator(_HpcFilesBase):
                 if target.exists():
                     target.unlink()
                 raise
+            self._staged = staged(fs.split_path(source), target)
             return {"local_path": str(target), "size": size, "sha256": digest}
         local = _local(self.local_path)
         if str(self.local_path).endswith(("/", os.sep)) or local.is_dir():
@@ -182,6 +190,7 @@ class HpcDownloadOperator(_HpcFilesBase):
         digest = fs.get_file(source, str(local)) or ""
         size = local.stat().st_size
         self.log.info("Downloaded %d bytes", size)
+        self._staged = staged(fs.split_path(source), local)
         return {"local_path": str(local), "size": size, "sha256": digest}
 
 

@@ -22,7 +22,7 @@ from airflow_provider_hpc.links.job import (
     push_job_links,
 )
 from airflow_provider_hpc.operators.ending import JobEnding
-from airflow_provider_hpc.operators.lineage import job_lineage
+from airflow_provider_hpc.operators.lineage import job_lineage, start_lineage
 from airflow_provider_hpc.operators.output import report_job_output
 from airflow_provider_hpc.operators.resubmission import (
     JobLedger,
@@ -336,6 +336,10 @@ class HpcSubmitJobOperator(JobEnding, JobWaiting, ExactlyOnceSubmission, UsesHpc
             self.log.warning("Could not cancel job %s: %s", self._job_id, exc)
 
     # ------------------------------------------------------------------ lineage
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        """OpenLineage START: the ``inputs`` / ``outputs`` datasets (no job yet)."""
+        return start_lineage(self)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage (when its provider is installed): the jobs as run facets, the

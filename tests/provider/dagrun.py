@@ -65,7 +65,26 @@ def _xcoms(dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
     return values
 
 
+def _drop_repo_root() -> None:
+    """Take the repository root off ``sys.path`` before Airflow loads its plugins.
+
+    The root holds ``hpcgate.egg-info`` (what ``pip install -e`` leaves there), a second
+    copy of the provider's distribution beside the editable install's, so hpcgate's
+    plugin entry point is listed once per root entry on ``sys.path`` (here the working
+    directory and ``PYTHONPATH``: twice) ahead of site-packages. Airflow's task SDK 1.3
+    (``airflow/sdk/plugins_manager.py:87``, ``return`` where ``continue`` is meant; fixed
+    upstream in apache/airflow#72253) stops registering plugins at the first duplicate
+    name, so OpenLineage's listener never reached the task runner: under ``dag.test()``
+    only the DAG run's events (core's plugin manager skips duplicates) were emitted.
+    ``tests`` is imported already; ``hpcgate`` and the provider come from the editable
+    install's finder.
+    """
+    root = Path(__file__).resolve().parents[2]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+
+
 def main() -> int:
+    _drop_repo_root()
     parser = argparse.ArgumentParser()
     parser.add_argument("dag_id")
     parser.add_argument("--conf", default="{}")

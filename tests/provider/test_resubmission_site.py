@@ -1,4 +1,4 @@
-"""Failure-aware resubmission and accounting on a real site, in a real task run.
+"""Failure-aware resubmission, accounting and lineage on a real site, in a real task run.
 
 The node is set DOWN under a running job, so this runs on the private second site
 (``private_site``; never the shared one, where other tests' jobs would die) with its own
@@ -15,6 +15,7 @@ site with ``JobRequeue=0``) ends ``NODE_FAIL``: that is the provider's case, tes
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -96,6 +97,7 @@ def test_node_failure_is_resubmitted_once_and_the_task_succeeds_in_one_try(
     system = server.system
     workdir = f"{private_site.env.scratch(USER)}/resilient-{uuid.uuid4().hex[:8]}"
     home = airflow_home("resilient")
+    lineage = home / "openlineage.jsonl"
     conn = {
         "conn_type": "hpc",
         "host": server.url,
@@ -108,6 +110,13 @@ def test_node_failure_is_resubmitted_once_and_the_task_succeeds_in_one_try(
         extra={
             "HPC_SYSTEM": system,
             "HPC_WORKDIR": workdir,
+            "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+                {"type": "file", "log_file_path": str(lineage), "append": True}
+            ),
+            "AIRFLOW__OPENLINEAGE__NAMESPACE": "hpcgate-tests",
+            # the task's events are emitted by a child the runner waits for at most this
+            # long (10 s by default, which a busy 2-core machine can overrun: event lost)
+            "AIRFLOW__OPENLINEAGE__EXECUTION_TIMEOUT": "120",
         },
     )
     process = start_dagrun(DAG, env, conf={"steps": 45, "no_requeue": True})
@@ -156,3 +165,23 @@ def test_node_failure_is_resubmitted_once_and_the_task_succeeds_in_one_try(
     assert accounting["alloc_cpus"] == int(cpus)
     assert f"Accounting of job {second}: COMPLETED" in log
     assert jobs[0]["accounting"]["state"] == "NODE_FAIL"
+
+    # lineage: the COMPLETE event of the task carries both jobs and the output dataset
+    # (dag.test() emits task events since tests.provider.dagrun keeps the repository's
+    # hpcgate.egg-info off sys.path: see its _drop_repo_root)
+    events = [json.loads(line) for line in lineage.read_text().splitlines() if line.strip()]
+    complete = [
+        e
+        for e in events
+        if e.get("eventType") == "COMPLETE" and e["job"]["name"] == f"{DAG}.simulate"
+    ]
+    assert complete, [(e.get("eventType"), e["job"]["name"]) for e in events]
+    facets = complete[-1]["run"]["facets"]
+    assert [job["job_id"] for job in facets["hpc_job"]["jobs"]] == [first, second]
+    assert [job["action"] for job in facets["hpc_job"]["jobs"]] == ["resubmit", "complete"]
+    assert facets["externalQuery"]["externalQueryId"] == second
+    outputs = complete[-1]["outputs"]
+    assert [(o["namespace"], o["name"].rsplit("/", 1)[-1]) for o in outputs] == [
+        (f"hpc://{system}", "result.txt")
+    ]
+    assert outputs[0]["name"].startswith(f"{workdir}/{DAG}/")
