@@ -1,13 +1,15 @@
-"""One worker against several, in one run: ``hpcgate serve`` and ``--workers N``.
+"""One worker against several, in one run: ``hpcgate serve --workers 1`` and ``--workers N``.
 
-Both servers share their state through a private redis-server (the store several
-workers need; the single worker uses it too, so that only the process count
-differs). For ``GET ops/stat`` and ``GET jobs/{id}`` at each concurrency it drives
-each server in turn for the same time (aiohttp, ``bench/loadgen.py``) and reports
-requests per second, p50, p99, CPU milliseconds per request of all the server's
-processes, and the ratio of the two rates. The load generator shares the machine.
+Both servers share their state the same way, so that only the process count differs:
+through their state directory (SQLite files, the default) or a private redis-server
+(``--store redis``). For ``GET ops/stat`` and ``GET jobs/{id}`` at each concurrency it
+drives each server in turn for the same time (``bench/loadgen.py``: wrk by default
+when installed, else aiohttp) and reports requests per second, p50, p99, CPU
+milliseconds per request of all the server's processes and of the load generator,
+and the ratio of the two rates. The load generator shares the machine.
 
     .venv/bin/python bench/workers_bench.py [--workers 2] [--duration 8] [--levels 10,50]
+        [--loadgen wrk|aiohttp] [--store sqlite|redis] [--smoke]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.floor_bench import JOB_NAME, Case, measure, prepare, quiet
-from bench.loadgen import format_row
+from bench.loadgen import BACKENDS, default_backend, format_row, use_backend
 from bench.serving import shared_store, start_hpcgate, start_redis
 from tests.site import ensure_site_up
 
@@ -36,8 +38,8 @@ async def bench(args: argparse.Namespace) -> str:
     site = ensure_site_up()
     workdir = Path(tempfile.mkdtemp(prefix="hpcgate-workersbench-"))
     conn, remote, job_id = await prepare(site, [20])
-    redis = start_redis(workdir / "redis")
-    store = shared_store(redis)
+    redis = start_redis(workdir / "redis") if args.store == "redis" else None
+    store = shared_store(redis) if redis is not None else {}
     one = start_hpcgate(site, workdir / "one", workers=1, settings=store)
     many = start_hpcgate(site, workdir / "many", workers=args.workers, settings=store)
     rows = []
@@ -71,12 +73,17 @@ async def bench(args: argparse.Namespace) -> str:
                     served, served.url + case.path, headers, case, args.duration
                 )
                 results.append((result, cpu))
-                print(f"load {load:.2f} {format_row(result)}  CPU {cpu:.3f} ms/req", flush=True)
+                print(
+                    f"load {load:.2f} {format_row(result)}  CPU {cpu:.3f} ms/req"
+                    f"  {result.loadgen} {result.client_cpu_ms:.3f} ms/req",
+                    flush=True,
+                )
             (a, a_cpu), (b, b_cpu) = results
             rows.append(
                 f"| {case.label} | {case.concurrency} | {load:.2f} | {a.rps:,.0f} | {a.p50_ms} "
                 f"| {a.p99_ms} | {a_cpu} | {b.rps:,.0f} | {b.p50_ms} | {b.p99_ms} | {b_cpu} "
-                f"| {a.errors + b.errors} | {b.rps / a.rps:.2f} |"
+                f"| {a.client_cpu_ms:.3f} / {b.client_cpu_ms:.3f} | {a.errors + b.errors} "
+                f"| {b.rps / a.rps:.2f} |"
             )
     finally:
         await conn.run(f"rm -rf {shlex.quote(remote)}", check=False)
@@ -84,15 +91,17 @@ async def bench(args: argparse.Namespace) -> str:
         conn.close()
         one.stop()
         many.stop()
-        redis.stop()
+        if redis is not None:
+            redis.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     head = [
         f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, {args.duration} s per "
-        f"point, Redis store for both",
+        f"point, load generator {args.loadgen}, {args.store} store for both",
         "",
         f"| request | c | load | 1 worker req/s | p50 ms | p99 ms | CPU ms/req "
-        f"| {args.workers} workers req/s | p50 ms | p99 ms | CPU ms/req | errors | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {args.workers} workers req/s | p50 ms | p99 ms | CPU ms/req "
+        f"| {args.loadgen} CPU ms/req (1 / {args.workers}) | errors | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     return "\n".join(head + rows)
 
@@ -105,9 +114,15 @@ def main() -> int:
     parser.add_argument("--max-load", type=float, default=1.5)
     parser.add_argument("--patience", type=float, default=60.0)
     parser.add_argument("--output", help="append the markdown table here")
+    parser.add_argument("--loadgen", choices=BACKENDS, default=default_backend())
+    parser.add_argument("--store", choices=["sqlite", "redis"], default="sqlite")
+    parser.add_argument("--smoke", action="store_true", help="tiny durations, one level")
     args = parser.parse_args()
+    use_backend(args.loadgen)
     args.levels = [int(level) for level in args.levels.split(",") if level]
     args.duration = min(args.duration, 120.0)
+    if args.smoke:
+        args.duration, args.patience, args.levels = min(args.duration, 1.0), 0.0, [2]
     table = asyncio.run(bench(args))
     print(table)
     if args.output:

@@ -109,7 +109,7 @@ def spawn(config_path: Path, port: int, launcher: str, log_path: Path) -> subpro
     """``python -m <launcher> serve`` on ``port``, its output appended to ``log_path``."""
     argv = [sys.executable, "-m", launcher, "serve", "--config", str(config_path)]
     return subprocess.Popen(
-        [*argv, "--port", str(port)],
+        [*argv, "--port", str(port), *(["--workers", "1"] if launcher == "hpcgate.cli" else [])],
         stdout=log_path.open("ab"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -36,6 +36,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"hpcgate: {exc}", file=sys.stderr)
         return 2
+    if args.workers is None:
+        from hpcgate.api.serving import default_workers
+
+        args.workers = default_workers()
     workers: int = args.workers
     if workers < 1:
         print("hpcgate: --workers must be at least 1", file=sys.stderr)
@@ -135,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="worker processes sharing the port (more than 1 needs the Redis store: "
-        "idempotency.backend redis; see hpcgate.api.serving)",
+        default=None,
+        help="worker processes sharing the port (default: one per core). They share "
+        "state through the state directory, or the Redis store when configured; "
+        "see hpcgate.api.serving",
     )
     serve.set_defaults(handler=_serve)
 

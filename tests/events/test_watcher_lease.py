@@ -1,8 +1,9 @@
-"""Two watchers (as two replicas would) sharing a real redis-server: one round per
-interval between them, results delivered to both, and a takeover when the leader
-dies. The scheduler is scripted (each replica's own copy over the same jobs, so each
-replica's commands are counted apart); the real-process test is
-``test_watcher_replicas``."""
+"""Two watchers (as two replicas would) sharing a real redis-server, or one SQLite
+file (the workers of one host): one round per interval between them, results
+delivered to both, and a takeover when the leader dies. The scheduler is scripted
+(each replica's own copy over the same jobs, so each replica's commands are counted
+apart); the real-process tests are ``test_watcher_replicas`` and
+``tests/api/test_workers.py``."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
 from hpcgate.compute.watcher import JobWatcher
 from hpcgate.compute.watcher.lease_redis import RedisCoordinator
+from hpcgate.compute.watcher.lease_sqlite import SqliteCoordinator
 from hpcgate.operations.metrics import Metrics
 from tests.events.fakes import FakeRunner, FakeScheduler
 from tests.events.test_watcher_unit import MIN, system
@@ -22,15 +25,23 @@ from tests.events.test_watcher_unit import MIN, system
 LEASE = 1.0
 
 
-@pytest.fixture
-async def pair(redis_url: str) -> AsyncIterator[list[tuple[JobWatcher, FakeScheduler]]]:
+@pytest.fixture(params=["redis", "sqlite"])
+async def pair(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[list[tuple[JobWatcher, FakeScheduler]]]:
     prefix = f"lease-{uuid.uuid4().hex[:8]}:"
     jobs: dict[str, tuple[str, str]] = {}
     replicas = []
     for _ in range(2):
         fake = FakeScheduler()
         fake.jobs = jobs  # one cluster, each replica's commands counted apart
-        coordinator = RedisCoordinator(redis_url, prefix=prefix, system="c", lease_seconds=LEASE)
+        coordinator: RedisCoordinator | SqliteCoordinator
+        if request.param == "redis":
+            url = request.getfixturevalue("redis_url")
+            coordinator = RedisCoordinator(url, prefix=prefix, system="c", lease_seconds=LEASE)
+        else:
+            path = tmp_path / "watcher.sqlite3"
+            coordinator = SqliteCoordinator(path, system="c", lease_seconds=LEASE)
         watcher = JobWatcher(
             system(service_user="svc"), fake, FakeRunner, metrics=Metrics(), coordinator=coordinator
         )
@@ -103,7 +114,7 @@ async def test_the_follower_takes_over_when_the_leader_dies(pair) -> None:
     await asyncio.wait_for(sub.queue.get(), 5)
     # the leader dies: its loop and lease keeper stop, nothing is given back
     coordinator = leader.coordinator
-    assert isinstance(coordinator, RedisCoordinator)
+    assert isinstance(coordinator, RedisCoordinator | SqliteCoordinator)
     for task in [leader._task, *coordinator._tasks]:
         assert task is not None
         task.cancel()

@@ -8,13 +8,16 @@ sockets to another, and the request path is the same as with one process (the
 bounded HTTP protocol, the edge). The parent only reserves the port, starts the
 workers, replaces one that dies and stops them all on SIGTERM/SIGINT.
 
-Workers are replicas of one server, so they need what replicas need: state they
-share. Idempotency keys, unfinished transfers and the watcher's lease (one round
-per interval for all of them, results published to all) live in the Redis store
-(``idempotency.backend: redis``; ``transfer.store`` auto or redis). The SQLite
-stores are one process's: with them ``--workers`` above 1 is refused
-(``WorkersRefused``) rather than run with a watcher per process and transfers one
-process cannot see from another.
+Workers are replicas of one server, so they share what replicas share, here through
+the state directory of this host, or through Redis when it is configured: idempotency
+keys (the SQLite file, a lease per key being submitted:
+``hpcgate.compute.idempotency``), unfinished transfers (the SQLite transfer state,
+claims by process), the watcher's lease (one round per interval for all of them,
+results passed to all: ``hpcgate.compute.watcher.lease_sqlite``) and the metrics
+(``/metrics`` from any worker sums all of them: prometheus_client's multiprocess
+mode in ``<state_dir>/metrics``, emptied at start). The transfer signing key is made
+once, atomically, in the same directory. Replicas on several hosts need the Redis
+store (``idempotency.backend: redis``) and ``transfer.signing_key``.
 
 Per-user budgets that are about fairness are split between the workers so that
 they are never looser than configured: each worker allows ``1/N`` of
@@ -27,6 +30,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
 import time
@@ -36,10 +41,18 @@ from typing import Any
 
 from hpcgate.api.connection import protocol_class
 from hpcgate.api.connection_httptools import httptools_protocol_class
+from hpcgate.compute.watcher.lease import WORKERS_ENV
 from hpcgate.config import Settings, load_settings
 from hpcgate.operations.logs import configure_logging
+from hpcgate.operations.metrics import MULTIPROC_ENV
 
-__all__ = ["WorkersRefused", "serve_workers", "shared_state_problem", "uvicorn_options"]
+__all__ = [
+    "WorkersRefused",
+    "default_workers",
+    "serve_workers",
+    "shared_state_problem",
+    "uvicorn_options",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +82,31 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def default_workers() -> int:
+    """``--workers`` unless given: one per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def shared_state_problem(settings: Settings) -> str | None:
     """Why ``settings`` cannot be served by several workers; None if it can."""
-    if settings.idempotency.backend != "redis":
-        return (
-            "--workers above 1 needs the state shared between the workers: set "
-            "idempotency.backend: redis (and idempotency.redis_url). With the SQLite "
-            "store each process would run its own job watcher rounds and see only its "
-            "own transfers"
-        )
-    if settings.transfer.store == "sqlite":
-        return "--workers above 1 needs transfer.store redis (or auto), not sqlite"
+    if settings.transfer.store == "redis" and settings.idempotency.redis_url is None:
+        return "transfer.store redis needs idempotency.redis_url"
     return None
+
+
+def _prepare_shared(settings: Settings, workers: int) -> None:
+    """What the workers inherit: their count (the watcher's lease) and an empty
+    directory for the multiprocess metrics, set before any of them starts."""
+    state = settings.state_path()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    metrics = state / "metrics"
+    shutil.rmtree(metrics, ignore_errors=True)  # the last run's counts are not ours
+    metrics.mkdir(mode=0o700)
+    os.environ[MULTIPROC_ENV] = str(metrics)
+    os.environ[WORKERS_ENV] = str(workers)
 
 
 def worker_settings(settings: Settings, workers: int) -> Settings:
@@ -144,6 +170,7 @@ def serve_workers(
     if problem is not None:
         raise WorkersRefused(problem)
     configure_logging(settings.log_level)
+    _prepare_shared(settings, workers)
     # reserve the port (and fail now if it is taken); never listens, so the kernel
     # gives it no connections
     reserved = _reuseport_socket(host, port)

@@ -16,10 +16,13 @@ submits again only if there is none. Concurrent requests with one key share one
 submission. A submission that sbatch rejected (4xx) forgets its key; one whose
 outcome is unknown (timeout, lost connection, 5xx) keeps it pending.
 
-The store is SQLite by default (one file, WAL, writes on a dedicated thread). Several
-server replicas share a Redis store (``hpcgate.compute.idempotency_redis``) behind the same
-``IdempotencyStore`` interface; there a claim of a key another replica is submitting
-waits for that replica's answer.
+The store is SQLite by default (one file, WAL, writes on a dedicated thread). The
+worker processes of one ``hpcgate serve --workers N`` share that file; replicas on
+several hosts share a Redis store (``hpcgate.compute.idempotency_redis``) behind the
+same ``IdempotencyStore`` interface. With either, a claim of a key another process is
+submitting waits for that process's answer: the claim that submits holds a *lease* on
+the key (renewed while its task runs, dropped when it ends, lapsing if its process
+dies; with SQLite a holder whose process id is gone counts for nothing at once).
 
 Records are bounded per user: one user holds at most ``max_keys_per_user`` live
 (unexpired) keys on a system; a new key beyond that is a 429 whose ``Retry-After``
@@ -34,9 +37,11 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import sqlite3
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +60,8 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 STAMP_PREFIX = "hpcgate-idem:"
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _LOOKUP_SLACK_SECONDS = 120
+_POLL_FIRST = 0.02  # a claim waiting for another process's submission
+_POLL_MAX = 0.5
 
 T = TypeVar("T")
 
@@ -139,13 +146,28 @@ def stamp(scope: KeyScope) -> str:
     return STAMP_PREFIX + hashlib.sha256(material).hexdigest()[:40]
 
 
-class SqliteIdempotencyStore:
-    """The default store: one SQLite file, accessed from one dedicated thread."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    def __init__(self, path: Path) -> None:
+
+class SqliteIdempotencyStore:
+    """The default store: one SQLite file, accessed from one dedicated thread; shared by
+    the worker processes of one host (``BEGIN IMMEDIATE`` makes each claim atomic
+    across them, a lease row per pending key makes the others wait)."""
+
+    def __init__(self, path: Path, *, lease_seconds: float = 15.0) -> None:
         self.path = path
+        self._lease = lease_seconds
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idempotency")
         self._conn: sqlite3.Connection | None = None
+        self._holds: set[asyncio.Task[None]] = set()
+        self._held: dict[KeyScope, str] = {}  # the owner of each lease this store holds
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
@@ -157,7 +179,9 @@ class SqliteIdempotencyStore:
     async def open(self) -> None:
         def connect() -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(
@@ -171,6 +195,12 @@ class SqliteIdempotencyStore:
                 "CREATE INDEX IF NOT EXISTS idempotency_user"
                 " ON idempotency(system, username, created)"
             )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS idempotency_lease ("
+                " system TEXT NOT NULL, username TEXT NOT NULL, key TEXT NOT NULL,"
+                " owner TEXT NOT NULL, pid INTEGER NOT NULL, until REAL NOT NULL,"
+                " PRIMARY KEY (system, username, key))"
+            )
             self._conn = conn
 
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
@@ -178,8 +208,12 @@ class SqliteIdempotencyStore:
     async def claim(
         self, scope: KeyScope, body_hash: str, now: float, quota: KeyQuota | None = None
     ) -> IdempotencyRecord:
-        def claim(conn: sqlite3.Connection) -> IdempotencyRecord:
-            where = (scope.system, scope.username, scope.key)
+        owner = uuid.uuid4().hex
+        where = (scope.system, scope.username, scope.key)
+        # a lease of this store's own: in one process the submitter coordinates
+        mine = frozenset(self._held.values())
+
+        def claim(conn: sqlite3.Connection) -> IdempotencyRecord | None:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 row = conn.execute(
@@ -202,39 +236,139 @@ class SqliteIdempotencyStore:
                         (*where, body_hash, now),
                     )
                     row = (body_hash, None, now)
+                elif row[1] is None and row[0] == body_hash:  # pending: who submits it?
+                    lease = conn.execute(
+                        "SELECT owner, pid, until FROM idempotency_lease"
+                        " WHERE system = ? AND username = ? AND key = ?",
+                        where,
+                    ).fetchone()
+                    if (
+                        lease is not None
+                        and lease[0] not in mine
+                        and lease[2] > time.time()
+                        and _pid_alive(lease[1])
+                    ):
+                        conn.execute("COMMIT")
+                        return None  # another process is submitting it: wait
+                if row[1] is None and row[0] == body_hash:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO idempotency_lease VALUES (?, ?, ?, ?, ?, ?)",
+                        (*where, owner, os.getpid(), time.time() + self._lease),
+                    )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             return IdempotencyRecord(body_hash=row[0], job_id=row[1], created=row[2], new=new)
 
-        return await self._call(claim)
+        pause = _POLL_FIRST
+        while (record := await self._call(claim)) is None:
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, _POLL_MAX)
+        if record.job_id is None and record.body_hash == body_hash:
+            self._hold(scope, owner)
+        return record
+
+    def _hold(self, scope: KeyScope, owner: str) -> None:
+        """Keep the lease while the claiming task runs; drop it when that ends."""
+        holder = asyncio.current_task()
+        self._held[scope] = owner
+        task = asyncio.create_task(self._keep(scope, owner, holder))
+        self._holds.add(task)
+        task.add_done_callback(self._holds.discard)
+
+    async def _keep(self, scope: KeyScope, owner: str, holder: asyncio.Task[object] | None) -> None:
+        where = (scope.system, scope.username, scope.key, owner)
+        try:
+            while holder is not None and not holder.done():
+                await asyncio.wait({holder}, timeout=self._lease / 3)
+                if holder.done():
+                    break
+                renewed = await self._call(
+                    lambda conn: (
+                        conn.execute(
+                            "UPDATE idempotency_lease SET until = ?"
+                            " WHERE system = ? AND username = ? AND key = ? AND owner = ?",
+                            (time.time() + self._lease, *where),
+                        ).rowcount
+                    )
+                )
+                if not renewed:  # completed, released or (lapsed) taken over
+                    if self._held.get(scope) == owner:
+                        del self._held[scope]
+                    return
+            if self._held.get(scope) != owner:
+                return  # completed or released here: the lease row went with it
+            del self._held[scope]
+            await self._call(
+                lambda conn: conn.execute(
+                    "DELETE FROM idempotency_lease"
+                    " WHERE system = ? AND username = ? AND key = ? AND owner = ?",
+                    where,
+                )
+            )
+        except sqlite3.Error as exc:
+            log.warning("idempotency lease not kept: %s", type(exc).__name__)
 
     async def complete(self, scope: KeyScope, job_id: str) -> None:
-        await self._call(
-            lambda conn: conn.execute(
-                "UPDATE idempotency SET job_id = ? WHERE system = ? AND username = ? AND key = ?",
-                (job_id, scope.system, scope.username, scope.key),
-            )
-        )
+        where = (scope.system, scope.username, scope.key)
+
+        def complete(conn: sqlite3.Connection) -> None:
+            # not synced (one fsync, ~2 ms, less per submission): a job id lost to a
+            # power cut leaves the key pending, and a retry finds the job by its stamp
+            conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "UPDATE idempotency SET job_id = ?"
+                    " WHERE system = ? AND username = ? AND key = ?",
+                    (job_id, *where),
+                )
+                conn.execute(
+                    "DELETE FROM idempotency_lease WHERE system = ? AND username = ? AND key = ?",
+                    where,
+                )
+                conn.execute("COMMIT")
+            finally:
+                conn.execute("PRAGMA synchronous=FULL")  # a claim is always synced
+
+        self._held.pop(scope, None)
+        await self._call(complete)
 
     async def release(self, scope: KeyScope) -> None:
-        await self._call(
-            lambda conn: conn.execute(
+        where = (scope.system, scope.username, scope.key)
+
+        def release(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
                 "DELETE FROM idempotency"
                 " WHERE system = ? AND username = ? AND key = ? AND job_id IS NULL",
-                (scope.system, scope.username, scope.key),
+                where,
             )
-        )
+            conn.execute(
+                "DELETE FROM idempotency_lease WHERE system = ? AND username = ? AND key = ?",
+                where,
+            )
+            conn.execute("COMMIT")
+
+        self._held.pop(scope, None)
+        await self._call(release)
 
     async def purge(self, older_than: float) -> int:
-        return await self._call(
-            lambda conn: (
-                conn.execute("DELETE FROM idempotency WHERE created < ?", (older_than,)).rowcount
-            )
-        )
+        def purge(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM idempotency_lease WHERE until < ?", (time.time(),))
+            removed: int = conn.execute(
+                "DELETE FROM idempotency WHERE created < ?", (older_than,)
+            ).rowcount
+            return removed
+
+        return await self._call(purge)
 
     async def close(self) -> None:
+        for task in list(self._holds):
+            task.cancel()
+        await asyncio.gather(*self._holds, return_exceptions=True)
+
         def close() -> None:
             if self._conn is not None:
                 self._conn.close()

@@ -1,10 +1,12 @@
 """One watcher round per interval across replicas: who polls, and how the others learn.
 
-With the SQLite (or no shared) store a server is alone: it always holds the lease
-(``SoloCoordinator``) and runs its own rounds, as before. With the Redis store
-(``idempotency.backend: redis``) replicas share one lease per system
-(``lease_redis.RedisCoordinator``): the replica that holds it runs the rounds for
-what every replica watches, the others run no scheduler command at all:
+A server process alone always holds the lease (``SoloCoordinator``) and runs its own
+rounds. With the Redis store (``idempotency.backend: redis``) replicas share one lease
+per system (``lease_redis.RedisCoordinator``); without it, the worker processes of one
+``hpcgate serve --workers N`` share one through a SQLite file in the state directory
+(``lease_sqlite.SqliteCoordinator``, which polls where Redis pushes). The replica that
+holds it runs the rounds for what every replica watches, the others run no scheduler
+command at all:
 
 * each follower writes what its clients watch (``Interest``: ids, followed users,
   whether anything can still change) into the store, with a short expiry;
@@ -22,9 +24,10 @@ what every replica watches, the others run no scheduler command at all:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from hpcgate.compute.watcher.results import RoundResult
 from hpcgate.config import Settings, SystemSettings
@@ -42,6 +45,37 @@ class Interest:
     """While someone follows: every user with interest (listed with ``squeue -u``)."""
     fast: bool = False
     """Something watched can still change: rounds at ``min_interval``."""
+
+
+WORKERS_ENV = "HPCGATE_WORKERS"
+"""The number of worker processes of this ``hpcgate serve`` (set by it for its workers)."""
+
+
+def interest_json(interest: Interest) -> dict[str, Any]:
+    return {
+        "ids": sorted(interest.ids),
+        "follows": sorted(interest.follows),
+        "users": sorted(interest.users),
+        "fast": interest.fast,
+    }
+
+
+def interest_from_json(raw: Any) -> Interest:
+    return Interest(
+        ids=frozenset(str(i) for i in raw.get("ids", ())),
+        follows=frozenset(str(u) for u in raw.get("follows", ())),
+        users=frozenset(str(u) for u in raw.get("users", ())),
+        fast=bool(raw.get("fast")),
+    )
+
+
+def merge_interests(interests: list[Interest]) -> Interest:
+    return Interest(
+        ids=frozenset().union(*(i.ids for i in interests)),
+        follows=frozenset().union(*(i.follows for i in interests)),
+        users=frozenset().union(*(i.users for i in interests)),
+        fast=any(i.fast for i in interests),
+    )
 
 
 @dataclass
@@ -128,7 +162,14 @@ def coordinator_factory(settings: Settings) -> Callable[[SystemSettings], RoundC
     """The coordinator of each system for the configured store."""
     idempotency = settings.idempotency
     if idempotency.backend != "redis" or idempotency.redis_url is None:
-        return lambda system: SoloCoordinator()
+        if int(os.environ.get(WORKERS_ENV, "1")) <= 1:
+            return lambda system: SoloCoordinator()
+        from hpcgate.compute.watcher.lease_sqlite import SqliteCoordinator
+
+        path = settings.state_path() / "watcher.sqlite3"
+        return lambda system: SqliteCoordinator(
+            path, system=system.name, lease_seconds=lease_seconds(system)
+        )
     from hpcgate.compute.watcher.lease_redis import RedisCoordinator
 
     url = idempotency.redis_url.get_secret_value()

@@ -21,12 +21,18 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
 
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from hpcgate.compute.watcher.lease import Interest, RemoteInterest, WatcherPeer
+from hpcgate.compute.watcher.lease import (
+    Interest,
+    RemoteInterest,
+    WatcherPeer,
+    interest_from_json,
+    interest_json,
+    merge_interests,
+)
 from hpcgate.compute.watcher.results import RoundResult
 from hpcgate.operations import redis_client
 from hpcgate.operations.redis_client import redacted
@@ -52,24 +58,6 @@ end
 return 0
 """
 _MAX_MESSAGE = 64 * 1024 * 1024  # a round of max_batch jobs is a few MB
-
-
-def _interest(raw: Any) -> Interest:
-    return Interest(
-        ids=frozenset(str(i) for i in raw.get("ids", ())),
-        follows=frozenset(str(u) for u in raw.get("follows", ())),
-        users=frozenset(str(u) for u in raw.get("users", ())),
-        fast=bool(raw.get("fast")),
-    )
-
-
-def _merge(interests: list[Interest]) -> Interest:
-    return Interest(
-        ids=frozenset().union(*(i.ids for i in interests)),
-        follows=frozenset().union(*(i.follows for i in interests)),
-        users=frozenset().union(*(i.users for i in interests)),
-        fast=any(i.fast for i in interests),
-    )
 
 
 class RedisCoordinator:
@@ -151,14 +139,16 @@ class RedisCoordinator:
             try:
                 raw = json.loads(text)
                 gen = int(raw["gen"])
-                scopes = [(str(name), _interest(scope)) for name, scope in raw["scopes"].items()]
+                scopes = [
+                    (str(name), interest_from_json(scope)) for name, scope in raw["scopes"].items()
+                ]
             except (ValueError, KeyError, TypeError, AttributeError):
                 log.warning("watcher: malformed interest of replica %s ignored", replica)
                 continue
             remote.gens[replica] = gen
             for name, interest in scopes:
                 found.setdefault(name, []).append(interest)
-        remote.scopes = {name: _merge(interests) for name, interests in found.items()}
+        remote.scopes = {name: merge_interests(interests) for name, interests in found.items()}
         return remote
 
     async def share(self, result: RoundResult) -> None:
@@ -221,15 +211,7 @@ class RedisCoordinator:
         self._dirty = False
         self._gen += 1
         urgent, self._urgent = self._urgent, False
-        scopes = {
-            name: {
-                "ids": sorted(i.ids),
-                "follows": sorted(i.follows),
-                "users": sorted(i.users),
-                "fast": i.fast,
-            }
-            for name, i in self._peer.local_interest().items()
-        }
+        scopes = {name: interest_json(i) for name, i in self._peer.local_interest().items()}
         text = json.dumps({"gen": self._gen, "scopes": scopes}, separators=(",", ":"))
         keep_ms = 3 * self._lease_ms
         async with self._redis.pipeline(transaction=False) as pipe:
