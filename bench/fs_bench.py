@@ -10,12 +10,17 @@ Through a real `hpcgate serve` process, as hpcuser1:
   URLs, 4 at a time, then the completion; ``transfer/download``: the signed URL) and
   a resumable (tus) upload, beside raw SFTP ``put``/``get`` over the same loopback
   and cipher. MB/s are 10^6 bytes per second of the data phase; "end to end" adds
-  the transfer job (submit, wait, log). The server's CPU seconds and peak RSS
-  (VmRSS sampled every 20 ms) during each transfer are reported.
+  the transfer job (submit, wait, log). The server's CPU seconds (and per GiB), its
+  RSS before and at its peak (VmRSS sampled every 20 ms), this process's CPU per GiB
+  (the floor's SFTP client, the API's HTTP client) and the machine's are reported,
+  each API row beside its floor of the same run ("of floor").
 
 Every loop is bounded in count and time. Files are checked (SHA-256) after timing.
+``--profile DIR`` records the server with py-spy during each API transfer (collapsed
+stacks, one file per row); ``--smoke`` is CI's tiny run.
 
     .venv/bin/python bench/fs_bench.py [--duration 5] [--levels 1,10,50] [--size-mib 1024]
+        [--profile DIR] [--smoke]
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import json
 import os
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -151,6 +158,51 @@ class RssSampler:
         self._thread.join()
 
 
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (``/proc/stat``: all but idle, iowait)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class Profiler:
+    """py-spy recording the server during one transfer (collapsed stacks, ``--format raw``)."""
+
+    def __init__(self, pid: int, directory: Path | None, label: str) -> None:
+        self.pid, self.label = pid, label
+        self.output = (
+            directory / (label.split(":")[0].replace("/", "_").replace(" ", "_") + ".txt")
+            if directory
+            else None
+        )
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Profiler:
+        if self.output is not None:
+            spy = Path(sys.executable).with_name("py-spy")
+            self._process = subprocess.Popen(
+                [str(spy), "record", "--pid", str(self.pid), "--rate", "200", "--format", "raw",
+                 "--nonblocking", "--threads", "--output", str(self.output)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(0.5)  # attached before the transfer starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGINT)
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
 @dataclass
 class TransferRow:
     label: str
@@ -160,10 +212,37 @@ class TransferRow:
     server_cpu_s: float | None
     rss_before_mib: float | None
     rss_peak_mib: float | None
+    floor_mb_s: float | None = None
+    #: every process's CPU (client, server, sshd, the rest of the machine) per GiB
+    machine_cpu_s: float | None = None
+    #: this process's CPU: the SFTP client of a floor, the HTTP client of an API row
+    client_cpu_s: float | None = None
 
     @property
     def mb_s(self) -> float:
         return self.size / self.seconds / 1e6
+
+    @property
+    def cpu_s_per_gib(self) -> float | None:
+        return None if self.server_cpu_s is None else self.server_cpu_s / (self.size / 1024**3)
+
+    @property
+    def client_s_per_gib(self) -> float | None:
+        return None if self.client_cpu_s is None else self.client_cpu_s / (self.size / 1024**3)
+
+    @property
+    def machine_s_per_gib(self) -> float | None:
+        return None if self.machine_cpu_s is None else self.machine_cpu_s / (self.size / 1024**3)
+
+    @property
+    def rss_growth_mib(self) -> float | None:
+        if self.rss_peak_mib is None or self.rss_before_mib is None:
+            return None
+        return self.rss_peak_mib - self.rss_before_mib
+
+    @property
+    def of_floor(self) -> float | None:
+        return None if not self.floor_mb_s else self.mb_s / self.floor_mb_s
 
 
 def file_chunks(path: Path, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
@@ -387,7 +466,9 @@ async def connect(site: SiteEnv) -> asyncssh.SSHClientConnection:
     )
 
 
-async def bench(levels: list[int], duration: float, size: int) -> dict[str, Any]:
+async def bench(
+    levels: list[int], duration: float, size: int, profile: Path | None = None
+) -> dict[str, Any]:
     site = ensure_site_up()
     workdir = Path(tempfile.mkdtemp(prefix="hpcgate-fsbench-"))
     server = start_server(site, workdir / "server")
@@ -467,19 +548,29 @@ async def bench(levels: list[int], duration: float, size: int) -> dict[str, Any]
         expected = digest.hex()
         back = workdir / "back.bin"
         timeout = aiohttp.ClientTimeout(total=TRANSFER_TIMEOUT)
-        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+        # a connection per request: the checksums between transfers outlast keep-alive
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(
+            headers=headers, timeout=timeout, connector=connector
+        ) as session:
             transfers = Transfers(server, sftp, session, local, remote)
+            floors: list[float] = []  # the last raw SFTP rate: the floor of the rows after it
 
             async def timed(
                 label: str, call: Callable[[], Awaitable[Any]], *, api: bool = True
             ) -> Any:
-                cpu = cpu_seconds(pid)
-                sampler = RssSampler(pid)
-                rss_before = sampler.rss_kib() / 1024
-                started = time.perf_counter()
-                with sampler:
-                    outcome = await call()
-                elapsed = time.perf_counter() - started
+                with Profiler(pid, profile if api else None, label):
+                    cpu = cpu_seconds(pid)
+                    machine = machine_busy_seconds()
+                    client = own_cpu_seconds()
+                    sampler = RssSampler(pid)
+                    rss_before = sampler.rss_kib() / 1024
+                    started = time.perf_counter()
+                    with sampler:
+                        outcome = await call()
+                    elapsed = time.perf_counter() - started
+                    machine = machine_busy_seconds() - machine
+                    client = own_cpu_seconds() - client
                 extra = outcome[1] if isinstance(outcome, tuple) else None
                 data_seconds = elapsed - (extra or 0.0)
                 row = TransferRow(
@@ -490,13 +581,25 @@ async def bench(levels: list[int], duration: float, size: int) -> dict[str, Any]
                     server_cpu_s=round(cpu_seconds(pid) - cpu, 2) if api else None,
                     rss_before_mib=round(rss_before, 1) if api else None,
                     rss_peak_mib=round(sampler.peak_kib / 1024, 1) if api else None,
+                    floor_mb_s=floors[-1] if api and floors else None,
+                    machine_cpu_s=round(machine, 2) if extra is None else None,
+                    client_cpu_s=round(client, 2) if extra is None else None,
                 )
+                if not api:
+                    floors.append(row.mb_s)
                 transfer_rows.append(row)
                 print(
                     f"{label:<44} {row.mb_s:>8.1f} MB/s  {row.seconds:6.2f} s"
                     + (f"  end to end {row.end_to_end:.2f} s" if row.end_to_end else "")
                     + (
-                        f"  server CPU {row.server_cpu_s} s, RSS {row.rss_before_mib} -> "
+                        f"  client {row.client_s_per_gib or 0:.2f}, machine "
+                        f"{row.machine_s_per_gib:.2f} CPU s/GiB"
+                        if row.machine_cpu_s
+                        else ""
+                    )
+                    + (
+                        f"  {row.of_floor or 0:.2f} of floor, server CPU {row.server_cpu_s} s "
+                        f"({row.cpu_s_per_gib or 0:.2f} s/GiB), RSS {row.rss_before_mib} -> "
                         f"peak {row.rss_peak_mib} MiB"
                         if api
                         else ""
@@ -548,9 +651,15 @@ async def bench(levels: list[int], duration: float, size: int) -> dict[str, Any]
             print(f"cleanup of {remote} failed: {exc}")
         sftp.exit()
         conn.close()
+        if sys.exc_info()[0] is not None and server.log_path.exists():
+            print("server log (tail):", *server.log_path.read_text().splitlines()[-30:], sep="\n")
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"load": load_rows, "transfers": transfer_rows}
+    return {"load": load_rows, "transfers": transfer_rows, "size": size}
+
+
+def size_label(size: int) -> str:
+    return f"{size / 1024**3:g} GiB" if size >= 1024**3 else f"{size / MIB:g} MiB"
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -574,15 +683,22 @@ def markdown(results: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "| transfer | MB/s | data s | end to end s | server CPU s | server RSS before → peak MiB |",
-        "|---|---|---|---|---|---|",
+        f"| transfer ({size_label(results['size'])}) | MB/s | of floor | data s | end to end s "
+        "| server CPU s | server CPU s/GiB | client CPU s/GiB | machine CPU s/GiB "
+        "| server RSS before → peak MiB | RSS growth MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["transfers"]:
         rss = f"{row.rss_before_mib} → {row.rss_peak_mib}" if row.rss_peak_mib else ""
+        growth = f"{row.rss_growth_mib:.1f}" if row.rss_growth_mib is not None else ""
         lines.append(
-            f"| {row.label} | {row.mb_s:.1f} | {row.seconds:.2f} "
-            f"| {f'{row.end_to_end:.2f}' if row.end_to_end else ''} "
-            f"| {row.server_cpu_s if row.server_cpu_s is not None else ''} | {rss} |"
+            f"| {row.label} | {row.mb_s:.1f} | {f'{row.of_floor:.2f}' if row.of_floor else ''} "
+            f"| {row.seconds:.2f} | {f'{row.end_to_end:.2f}' if row.end_to_end else ''} "
+            f"| {row.server_cpu_s if row.server_cpu_s is not None else ''} "
+            f"| {f'{row.cpu_s_per_gib:.2f}' if row.cpu_s_per_gib is not None else ''} "
+            f"| {f'{row.client_s_per_gib:.2f}' if row.client_s_per_gib is not None else ''} "
+            f"| {f'{row.machine_s_per_gib:.2f}' if row.machine_s_per_gib is not None else ''} "
+            f"| {rss} | {growth} |"
         )
     return "\n".join(lines)
 
@@ -592,12 +708,19 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
     parser.add_argument("--levels", default="1,10,50", help="concurrency levels (empty: none)")
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the large file")
+    parser.add_argument("--smoke", action="store_true", help="tiny: CI's smoke run")
+    parser.add_argument("--profile", help="py-spy each API transfer into this directory")
     parser.add_argument("--output", help="write the markdown tables here too")
     parser.add_argument("--json", help="write the raw figures here")
     args = parser.parse_args()
+    if args.smoke:
+        args.duration, args.levels, args.size_mib = 0.3, "1", 4
     levels = [int(level) for level in args.levels.split(",") if level]
     size = min(args.size_mib, 16 * 1024) * MIB
-    results = asyncio.run(bench(levels, min(args.duration, 120), size))
+    profile = Path(args.profile) if args.profile else None
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+    results = asyncio.run(bench(levels, min(args.duration, 120), size, profile))
     table = markdown(results)
     print(table)
     if args.output:

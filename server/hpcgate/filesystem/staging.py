@@ -30,6 +30,8 @@ a symlink to a file only the uploader can reach. So every write goes through her
 * ``commit`` gives the staged file its final mode through the (re)opened handle
   (``fchmod``, never ``chmod`` by path: that follows a planted link), renames it over
   the target and removes the staging directory. ``discard`` removes both.
+* Handles are opened with ``block_size=0``: each write is one SFTP request of at
+  most the server's message size (``sftp.pipeline`` keeps many in flight).
 
 The secret name lives only in the server's record of a transfer (``Staged``; its
 ``repr`` leaves it out): never in a URL, a log line or an error message, which name
@@ -148,6 +150,7 @@ async def create(
                 join(directory, secret),
                 _WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL,
                 encoding=None,
+                block_size=0,
             )
         except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPPermissionDenied):
             raise _moved(directory) from None
@@ -190,7 +193,7 @@ async def _check_created(sftp: asyncssh.SFTPClient, staged: Staged) -> None:
 async def reopen(sftp: asyncssh.SFTPClient, staged: Staged) -> asyncssh.SFTPClientFile:
     """The staged file opened for writing, after checking the handle is that file (409)."""
     try:
-        handle = await sftp.open(staged.path, _WRITE, encoding=None)
+        handle = await sftp.open(staged.path, _WRITE, encoding=None, block_size=0)
     except (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection):
         raise
     except asyncssh.SFTPError:

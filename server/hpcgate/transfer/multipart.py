@@ -228,25 +228,37 @@ async def write_part(
 async def _hashed(
     body: AsyncIterable[bytes], digest: hashlib._Hash, limit: int, number: int
 ) -> AsyncIterator[bytes]:
-    """The body in blocks of about 1 MiB, hashed off the event loop, at most ``limit``."""
-    pieces: list[bytes] = []
+    """The body as it arrives, at most ``limit`` bytes, hashed in a thread: about 1 MiB
+    at a time, one batch hashing while the next arrives (hashlib releases the GIL)."""
+    batch: list[bytes] = []
     buffered = total = 0
-    async for chunk in body:
-        total += len(chunk)
-        if total > limit:
-            raise BadRequest(f"Part {number} is longer than its {limit} bytes")
-        pieces.append(chunk)
-        buffered += len(chunk)
-        if buffered >= _HASH_BLOCK:
-            block = b"".join(pieces)
-            pieces.clear()
-            buffered = 0
-            await asyncio.to_thread(digest.update, block)
-            yield block
-    if pieces:
-        block = b"".join(pieces)
-        digest.update(block)
-        yield block
+    hashing: asyncio.Future[None] | None = None
+
+    def update(pieces: list[bytes]) -> None:
+        for piece in pieces:
+            digest.update(piece)
+
+    try:
+        async for chunk in body:
+            total += len(chunk)
+            if total > limit:
+                raise BadRequest(f"Part {number} is longer than its {limit} bytes")
+            batch.append(chunk)
+            buffered += len(chunk)
+            if buffered >= _HASH_BLOCK:
+                if hashing is not None:
+                    await hashing  # in order: one batch at a time
+                hashing = asyncio.ensure_future(asyncio.to_thread(update, batch))
+                batch, buffered = [], 0
+            yield chunk
+        if hashing is not None:
+            await hashing
+            hashing = None
+        update(batch)
+    finally:
+        if hashing is not None:  # abandoned: let the thread finish with the digest
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(hashing)
 
 
 async def complete(service: TransferService, upload: MultipartUpload, body: bytes) -> str:

@@ -26,6 +26,7 @@ from hpcgate.filesystem.entries import (
 from hpcgate.filesystem.identity import FileIdentity
 from hpcgate.filesystem.models import FileChecksum, FileContent
 from hpcgate.filesystem.paths import shown
+from hpcgate.filesystem.sftp.pipeline import block_size
 from hpcgate.filesystem.sftp.session import SftpSession
 from hpcgate.filesystem.sftp.streams import SftpReadStream
 from hpcgate.filesystem.sftp_errors import changed, sftp_errors
@@ -36,16 +37,19 @@ class ReadingOps(SftpSession):
 
     @asynccontextmanager
     async def _open_regular(
-        self, sftp: asyncssh.SFTPClient, path: str
+        self, sftp: asyncssh.SFTPClient, path: str, *, block_size: int = -1
     ) -> AsyncIterator[tuple[asyncssh.SFTPClientFile, int]]:
-        """An open regular file and its size (FIFOs and devices would block the session)."""
+        """An open regular file and its size (FIFOs and devices would block the session).
+
+        ``block_size=0``: every read is one request (streams pipeline them themselves).
+        """
         attrs = await self._stat(sftp, path)
         if is_dir(attrs):
             raise BadRequest(f"Is a directory: {shown(path)}")
         if not is_regular(attrs):
             raise BadRequest(f"Not a regular file: {shown(path)}")
         with sftp_errors(path):
-            handle = await sftp.open(path, "rb", encoding=None)
+            handle = await sftp.open(path, "rb", encoding=None, block_size=block_size)
         try:
             yield handle, attrs.size or 0
         finally:
@@ -144,11 +148,11 @@ class ReadingOps(SftpSession):
 
     @asynccontextmanager
     async def _open_checked(
-        self, sftp: asyncssh.SFTPClient, path: str
+        self, sftp: asyncssh.SFTPClient, path: str, *, block_size: int = -1
     ) -> AsyncIterator[tuple[asyncssh.SFTPClientFile, asyncssh.SFTPAttrs]]:
         """An open regular file and what ``fstat`` of the handle says: the file opened,
         not whatever the path names a moment later."""
-        async with self._open_regular(sftp, path) as (handle, _):
+        async with self._open_regular(sftp, path, block_size=block_size) as (handle, _):
             with sftp_errors(path):
                 attrs = await handle.stat()
             if not is_regular(attrs):
@@ -200,7 +204,9 @@ class ReadingOps(SftpSession):
             async with asyncio.timeout(self._timeout):
                 if bound is not None:
                     await self._check_bound_path(sftp, path, bound)
-                handle, attrs = await stack.enter_async_context(self._open_checked(sftp, path))
+                handle, attrs = await stack.enter_async_context(
+                    self._open_checked(sftp, path, block_size=0)
+                )
                 if bound is not None and not bound.same_file(attrs):
                     raise changed(path)
         except TimeoutError:
@@ -224,7 +230,7 @@ class ReadingOps(SftpSession):
             offset=start,
             length=available if length is None else min(length, available),
             file_size=size,
-            chunk_size=self.limits.chunk_size,
+            block=block_size(sftp),
             timeout=self._timeout,
         )
 

@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import posixpath
 import secrets
-from collections.abc import AsyncIterable, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator
 
 import asyncssh
 
@@ -21,11 +20,14 @@ from hpcgate.filesystem.entries import (
     is_dir,
 )
 from hpcgate.filesystem.paths import parent, shown, validate_filename
+from hpcgate.filesystem.sftp.pipeline import (
+    COMMIT_BYTES,
+    WritePipeline,
+    Written,
+    block_size,
+)
 from hpcgate.filesystem.sftp.session import SftpSession
 from hpcgate.filesystem.sftp_errors import sftp_errors
-
-#: called with each block written and its offset, once the cluster acknowledged it
-Written = Callable[[bytes, int], Awaitable[None]]
 
 
 class WritingOps(SftpSession):
@@ -62,7 +64,7 @@ class WritingOps(SftpSession):
             except TimeoutError:
                 raise RequestTimeout("Opening the file on the cluster timed out") from None
             try:
-                written = await self._write_chunks(handle, chunks, path, 0, limit)
+                written = await self._write_chunks(sftp, handle, chunks, path, 0, limit)
                 async with asyncio.timeout(self._timeout):
                     await self._guard_write(sftp, path, follow_final=False)
                     await staging.commit(sftp, staged, path, handle=handle)
@@ -97,7 +99,7 @@ class WritingOps(SftpSession):
 
         The file is reopened by its secret path without ``O_CREAT`` and checked
         before anything is written (409 if it was swapped). ``on_written(data,
-        offset)`` runs as each block is acknowledged, in order.
+        offset)`` runs as acknowledged bytes add up to 4 MiB (at least ``chunk_size``), in order.
         """
         shown_path = staged.directory
         async with self._pool.sftp(self._system.name, self._username) as sftp:
@@ -108,7 +110,7 @@ class WritingOps(SftpSession):
                 raise RequestTimeout("Opening the file on the cluster timed out") from None
             try:
                 written = await self._write_chunks(
-                    handle, chunks, shown_path, offset, max_size, on_written
+                    sftp, handle, chunks, shown_path, offset, max_size, on_written
                 )
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -120,6 +122,7 @@ class WritingOps(SftpSession):
 
     async def _write_chunks(
         self,
+        sftp: asyncssh.SFTPClient,
         handle: asyncssh.SFTPClientFile,
         chunks: AsyncIterable[bytes],
         path: str,
@@ -127,56 +130,18 @@ class WritingOps(SftpSession):
         limit: int,
         on_written: Written | None = None,
     ) -> int:
-        """Write in ``chunk_size`` blocks, one block in flight while the next arrives."""
-        block = self.limits.chunk_size
-        pieces: list[bytes] = []
-        buffered = 0
-        position = offset
-        total = 0
-        pending: asyncio.Task[Any] | None = None
-
-        async def flush() -> None:
-            nonlocal pending, position, buffered
-            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-            pieces.clear()
-            buffered = 0
-            if pending is not None:
-                await self._await_write(pending, path)
-            pending = asyncio.ensure_future(_write_at(handle, data, position, on_written))
-            position += len(data)
-
-        try:
-            async for chunk in chunks:
-                total += len(chunk)
-                if total > limit:
-                    raise PayloadTooLarge(
-                        f"The upload exceeds the direct upload limit of {limit} bytes; "
-                        "use transfer/upload"
-                    )
-                pieces.append(chunk)
-                buffered += len(chunk)
-                if buffered >= block:
-                    await flush()
-            if pieces:
-                await flush()
-            if pending is not None:
-                await self._await_write(pending, path)
-                pending = None
-        finally:
-            if pending is not None:  # failed or abandoned: stop it and collect its outcome
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
-        return total
-
-    async def _await_write(self, task: asyncio.Task[Any], path: str) -> None:
-        try:
-            async with asyncio.timeout(self._timeout):
-                with sftp_errors(path):
-                    await asyncio.shield(task)
-        except TimeoutError:
-            task.cancel()
-            raise RequestTimeout("Writing to the cluster timed out") from None
+        """Write ``chunks`` at ``offset``, many requests in flight (``WritePipeline``);
+        ``PayloadTooLarge`` past ``limit`` bytes."""
+        pipeline = WritePipeline(
+            handle,
+            offset=offset,
+            block=block_size(sftp),
+            timeout=self._timeout,
+            commit_size=max(COMMIT_BYTES, self.limits.chunk_size),
+            on_written=on_written,
+        )
+        with sftp_errors(path):
+            return await pipeline.write_all(_bounded(chunks, limit))
 
     # -- staged files of transfers ---------------------------------------------------
 
@@ -224,9 +189,12 @@ class WritingOps(SftpSession):
                 await sftp.posix_rename(aside, path)
 
 
-async def _write_at(
-    handle: asyncssh.SFTPClientFile, data: bytes, position: int, on_written: Written | None
-) -> None:
-    await handle.write(data, position)
-    if on_written is not None:
-        await on_written(data, position)
+async def _bounded(chunks: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(
+                f"The upload exceeds the direct upload limit of {limit} bytes; use transfer/upload"
+            )
+        yield chunk
