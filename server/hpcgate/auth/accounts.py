@@ -177,13 +177,20 @@ class CachedSource:
         self.lookups = 0
         """Lookups that reached the source (for tests and metrics)."""
 
-    async def lookup(self, name: str) -> Account | None:
+    def cached(self, name: str) -> tuple[bool, Account | None]:
+        """(True, the answer) while a cached answer for ``name`` is fresh, else (False, None)."""
         cached = self._cache.get(name)
         if cached is not None:
             expires, account = cached
             if self._clock() < expires:
-                return account
+                return True, account
             del self._cache[name]
+        return False, None
+
+    async def lookup(self, name: str) -> Account | None:
+        known, account = self.cached(name)
+        if known:
+            return account
         task = self._pending.get(name)
         if task is None:
             task = asyncio.create_task(self._fetch(name), name=f"account-lookup-{name}")
@@ -284,6 +291,9 @@ class AccountPolicy:
         """``name``'s account, for a request of ``username`` (503 if the lookup fails:
         the detail, which may hold remote text, goes to the log only)."""
         assert self._source is not None
+        known, account = self._source.cached(name)
+        if known:
+            return account  # no timer to arm for a cached answer (a hot path's cost)
         try:
             async with asyncio.timeout(self._settings.lookup_timeout):
                 return await self._source.lookup(name)
