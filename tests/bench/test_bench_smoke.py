@@ -63,9 +63,28 @@ def test_fs_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
 
 def test_workers_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
     output = tmp_path / "workers.md"
-    run("bench/workers_bench.py", "--duration", "0.3", "--levels", "2", "--patience", "0",
-        "--output", str(output))  # fmt: skip
+    # wrk: scripts/install-wrk (scripts/test runs it)
+    run("bench/workers_bench.py", "--smoke", "--loadgen", "wrk", "--output", str(output))
     rows = [line for line in output.read_text().splitlines() if line.startswith("| GET")]
     assert len(rows) == 2
     for row in rows:
         assert row.split("|")[-3].strip() == "0", row  # no errors
+
+
+def test_submit_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
+    output = tmp_path / "submit.md"
+    run("bench/submit_bench.py", "--smoke", "--output", str(output))
+    table = output.read_text()
+    for row in ("| sbatch | 3 |", "| POST jobs | 3 |", "| POST jobs + key | 3 |"):
+        assert row in table, table
+    assert "1.00 SSH commands per submission" in table, table  # sbatch and nothing else
+
+
+def test_clients_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
+    output = tmp_path / "clients.md"
+    stdout = run("bench/clients_bench.py", "--smoke", "--output", str(output))
+    table = output.read_text()
+    assert "| hpcgate serve (mixed) | 2 | 20 |" in table, stdout
+    # every client of the cancelled cycle got the terminal event, from both servers
+    assert "| hpcgate serve | 20/20 |" in table, stdout
+    assert "| floor: bare asyncio server (uvloop) | 20/20 |" in table, stdout

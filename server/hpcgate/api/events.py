@@ -37,19 +37,18 @@ Stream format (``text/event-stream``)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Literal
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from hpcgate import errors
-from hpcgate.compute.watcher import JobEvent, JobView, JobWatcher, Slot
+from hpcgate.compute.watcher import JobEvent, JobView, JobWatcher, Slot, Subscription
 from hpcgate.config import WatcherSettings
 
 KEEP_ALIVE = b": keep-alive\n\n"
@@ -59,10 +58,14 @@ WaitMode = Literal["terminal", "change"]
 WaitResult = Literal["terminal", "changed", "timeout"]
 
 
+@functools.lru_cache(maxsize=1024)
 def format_event(event: JobEvent) -> bytes:
-    """One SSE event: ``id``, ``event`` (``job``/``terminal``), ``data`` (the Job JSON)."""
+    """One SSE event: ``id``, ``event`` (``job``/``terminal``), ``data`` (the Job JSON).
+
+    Made once per event, whatever the number of streams it goes to (events hash by
+    identity; the cache holds the last 1,024)."""
     name = "terminal" if event.terminal else "job"
-    return f"id: {event.seq}\nevent: {name}\ndata: {event.job.model_dump_json()}\n\n".encode()
+    return f"id: {event.seq}\nevent: {name}\ndata: {event.job_json}\n\n".encode()
 
 
 def format_error(job_id: str, status: int, message: str) -> bytes:
@@ -79,11 +82,14 @@ def parse_event_id(value: str | None) -> int | None:
 
 
 class EventStreamResponse(StreamingResponse):
-    """An SSE response that stops its generator as soon as the client disconnects,
-    whatever the server's ASGI version (so subscriptions end with the connection).
+    """An SSE response that stops its body as soon as the client disconnects, so that
+    subscriptions end with the connection.
 
-    ``on_close`` runs once the response is done, however it ends (also when the
-    generator never started, whose own ``finally`` would then not run)."""
+    Ten thousand of them are held open at once, so each is one task (the request's
+    own) plus one small task that waits for the disconnect and then cancels the
+    request's task: no task group, no task per chunk. ``on_close`` runs once the
+    response is done, however it ends (also when the body never started, whose own
+    ``finally`` would then not run)."""
 
     media_type = "text/event-stream"
 
@@ -100,20 +106,29 @@ class EventStreamResponse(StreamingResponse):
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
         self.on_close = on_close
+        self._gone = False
+        self._done = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def disconnected(watch: asyncio.Future[None]) -> None:
+            if not watch.cancelled() and watch.exception() is None and not self._done:
+                self._gone = True
+                task.cancel()
+
+        watch = asyncio.ensure_future(_until_disconnect(receive))
+        watch.add_done_callback(disconnected)
         try:
-            async with anyio.create_task_group() as group:
-
-                async def stream() -> None:
-                    with contextlib.suppress(OSError):
-                        await self.stream_response(send)
-                    group.cancel_scope.cancel()
-
-                group.start_soon(stream)
-                await self.listen_for_disconnect(receive)
-                group.cancel_scope.cancel()
+            await self._stream(send)
+        except asyncio.CancelledError:
+            if not self._gone:
+                raise
+            task.uncancel()  # our own cancellation: the client went away
         finally:
+            self._done = True
+            watch.cancel()
             try:
                 close = getattr(self.body_iterator, "aclose", None)
                 if close is not None:
@@ -121,6 +136,32 @@ class EventStreamResponse(StreamingResponse):
             finally:
                 if self.on_close is not None:
                     self.on_close()
+
+    async def _stream(self, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        try:
+            async for chunk in self.body_iterator:
+                body = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            return  # the client went away while we wrote
+        # many streams end on one terminal event: let every one of them write it
+        # before any of them tears its request down (access log, budgets)
+        await asyncio.sleep(0)
+
+
+def _gone(watch: asyncio.Future[None], sub: Subscription) -> None:
+    """A long-poll's client went away (or its receive failed: the same to us)."""
+    if not watch.cancelled():
+        watch.exception()  # retrieved: never logged as unhandled
+    sub.close()
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def job_events(
@@ -171,34 +212,32 @@ async def job_events(
             remaining = deadline - time.monotonic()
             if remaining <= 0 or sub.overflowed:
                 return
-            try:
-                async with asyncio.timeout(min(settings.heartbeat_seconds, remaining)):
-                    view_id, event = await sub.queue.get()
-            except TimeoutError:
-                yield KEEP_ALIVE
+            await sub.wait(min(settings.heartbeat_seconds, remaining))
+            pending = sub.take()
+            if not pending:
+                if not sub.overflowed and time.monotonic() < deadline:
+                    yield KEEP_ALIVE
                 continue
-            if event.seq <= sent.get(view_id, last_id or 0):
-                continue  # already sent (replayed) or older than the client's last event
-            sent[view_id] = event.seq
-            yield format_event(event)
-            if event.terminal and not follow_all:
-                open_ids.discard(view_id)
-                if not open_ids:
-                    return
-            elif not event.terminal:
-                open_ids.add(view_id)
+            chunk: list[bytes] = []
+            for view_id, event in pending:
+                if event.seq <= sent.get(view_id, last_id or 0):
+                    continue  # already sent (replayed) or older than the client's last event
+                sent[view_id] = event.seq
+                chunk.append(format_event(event))
+                if event.terminal and not follow_all:
+                    open_ids.discard(view_id)
+                    if not open_ids:
+                        break
+                elif not event.terminal:
+                    open_ids.add(view_id)
+            if chunk:
+                yield b"".join(chunk)
+            if not follow_all and not open_ids:
+                return
     finally:
         watcher.unsubscribe(sub)
         if slot is not None:
             slot.release()
-
-
-async def _disconnected(request: Request) -> None:
-    """Return when the client goes away (the request body has been read already)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 def _satisfied(
@@ -256,21 +295,19 @@ async def _wait(
     if (result := _satisfied(view, mode, since, state)) is not None:
         return view, result
     sub = watcher.subscribe(user, [job_id], "longpoll")
-    gone = asyncio.ensure_future(_disconnected(request))
+    # the client going away ends the wait (one small task, no task per wake-up)
+    gone = asyncio.ensure_future(_until_disconnect(request.receive))
+    gone.add_done_callback(lambda watch: _gone(watch, sub))
     try:
         while True:
             view = watcher.current(user, job_id) or view
             if (result := _satisfied(view, mode, since, state)) is not None:
                 return view, result
             remaining = timeout - (time.monotonic() - started)
-            if remaining <= 0 or gone.done():
+            if remaining <= 0 or sub.closed:
                 return view, "timeout"
-            got = asyncio.ensure_future(sub.queue.get())
-            done, _ = await asyncio.wait(
-                {got, gone}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
-            if got not in done:
-                got.cancel()
+            await sub.wait(remaining)
+            sub.take()  # the view holds the state; the events only wake us
     finally:
         gone.cancel()
         watcher.unsubscribe(sub)

@@ -31,6 +31,7 @@ from hpcgate.compute.watcher.lease import (
     RoundCoordinator,
     SoloCoordinator,
 )
+from hpcgate.compute.watcher.reclaim import Reclaimer
 from hpcgate.compute.watcher.results import RoundResult
 from hpcgate.compute.watcher.rounds import ACCOUNTING_DOWN, count_accounting, poll, select
 from hpcgate.compute.watcher.scope import Scope
@@ -70,6 +71,8 @@ class JobWatcher(ViewWriter):
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._subscribers: Counter[str] = Counter()
+        # memory back to the system after many streams and long-polls closed
+        self.reclaimer = Reclaimer()
         self.budget = SubscriberBudget(self.system, self.settings)
         self.coordinator: RoundCoordinator = coordinator or SoloCoordinator()
 
@@ -88,6 +91,7 @@ class JobWatcher(ViewWriter):
         if self._task is not None:
             await self.coordinator.close()
         self._task = None
+        self.reclaimer.close()
         for scope in self._scopes.values():
             self._release_waiters(scope.waiting)
             scope.waiting = []
@@ -217,12 +221,14 @@ class JobWatcher(ViewWriter):
                 scope.watches[(user, job_id)] += 1
                 scope.subs_by_view.setdefault(job_id, set()).add(sub)
         self._subscribers[kind] += 1
+        self.reclaimer.changed(self._subscribers.total())
         self._interested(urgent=scope.urgent)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         scope = self._scope(sub.user)
         self._subscribers[sub.kind] -= 1
+        self.reclaimer.changed(self._subscribers.total())
         if sub.view_ids is None:
             scope.all_jobs[sub.user] -= 1
             scope.subs_all.get(sub.user, set()).discard(sub)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
 
 from hpcgate.compute.jobs import is_array_summary, is_terminal
 from hpcgate.compute.scheduler.models import Job
@@ -22,16 +21,30 @@ def signature(job: Job) -> tuple[str, ...]:
     return tuple(states)
 
 
-@dataclass(frozen=True, slots=True)
 class JobEvent:
-    """A job's state as observed at a change; ``seq`` is the event id."""
+    """A job's state as observed at a change; ``seq`` is the event id.
 
-    seq: int
-    job: Job
+    ``job_json`` is the job's JSON, made once for every subscriber it goes to."""
+
+    __slots__ = ("_json", "job", "seq")
+
+    def __init__(self, seq: int, job: Job) -> None:
+        self.seq = seq
+        self.job = job
+        self._json: str | None = None
+
+    def __repr__(self) -> str:
+        return f"JobEvent(seq={self.seq}, job_id={self.job.job_id!r})"
 
     @property
     def terminal(self) -> bool:
         return is_terminal(self.job)
+
+    @property
+    def job_json(self) -> str:
+        if self._json is None:
+            self._json = self.job.model_dump_json()
+        return self._json
 
 
 class JobView:
@@ -78,21 +91,88 @@ class JobView:
         return [event for event in self.history if event.seq > seq]
 
 
-class Subscription:
-    """A consumer's queue of events: one job id, several, or all of a user's jobs.
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
-    At most ``QUEUE_LIMIT`` events wait; past that ``overflowed`` is set and further
-    events are dropped (the consumer should end and resume)."""
+
+class Subscription:
+    """A consumer's events: one job id, several, or all of a user's jobs.
+
+    One small record per open stream or long-poll (ten thousand of them are held
+    at once): the pending events in a list, and while the consumer waits, one
+    future that a delivery, ``close()`` or the consumer's timeout resolves. At most
+    ``QUEUE_LIMIT`` events wait; past that ``overflowed`` is set and further events
+    are dropped (the consumer should end and resume)."""
+
+    __slots__ = ("_pending", "_waiter", "closed", "kind", "overflowed", "user", "view_ids")
 
     def __init__(self, user: str, view_ids: frozenset[str] | None, kind: str) -> None:
         self.user = user
         self.view_ids = view_ids
         self.kind = kind
         self.overflowed = False
-        self.queue: asyncio.Queue[tuple[str, JobEvent]] = asyncio.Queue(QUEUE_LIMIT)
+        self.closed = False
+        self._pending: list[tuple[str, JobEvent]] = []
+        self._waiter: asyncio.Future[None] | None = None
 
     def deliver(self, view_id: str, event: JobEvent) -> None:
-        try:
-            self.queue.put_nowait((view_id, event))
-        except asyncio.QueueFull:
+        """Queue ``event`` and wake the consumer; never blocks, never awaits."""
+        if self.closed:
+            return
+        if len(self._pending) >= QUEUE_LIMIT:
             self.overflowed = True
+        else:
+            self._pending.append((view_id, event))
+        if self._waiter is not None:
+            _wake(self._waiter)
+
+    def close(self) -> None:
+        """The consumer is gone (its client disconnected): wake it to end."""
+        self.closed = True
+        if self._waiter is not None:
+            _wake(self._waiter)
+
+    def take(self) -> list[tuple[str, JobEvent]]:
+        """The pending events, oldest first; none are left pending."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    async def wait(self, timeout: float) -> None:
+        """Until an event is pending, the subscription is closed or overflowed, or
+        ``timeout`` seconds have passed (one future and one timer, no task)."""
+        if self._pending or self.closed or self.overflowed:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    @property
+    def queue(self) -> _QueueView:
+        """The pending events as a queue (``get``, ``empty``, ``qsize``)."""
+        return _QueueView(self)
+
+
+class _QueueView:
+    """``Subscription.queue``: the ``asyncio.Queue`` subset simple consumers use."""
+
+    __slots__ = ("_sub",)
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+
+    async def get(self) -> tuple[str, JobEvent]:
+        while not self._sub._pending:
+            await self._sub.wait(3600.0)
+        return self._sub._pending.pop(0)
+
+    def empty(self) -> bool:
+        return not self._sub._pending
+
+    def qsize(self) -> int:
+        return len(self._sub._pending)
