@@ -40,7 +40,7 @@ import asyncssh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import Result, format_row, run_load
+from bench.loadgen import BACKENDS, Result, default_backend, format_row, run_load, use_backend
 from bench.serving import Served, shared_store, start_floor, start_hpcgate, start_redis
 from tests.site import SiteEnv, ensure_site_up
 
@@ -235,7 +235,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--output", help="append the markdown table here")
     parser.add_argument("--json", help="write the raw figures here")
+    parser.add_argument("--loadgen", choices=BACKENDS, default=default_backend())
     args = parser.parse_args()
+    use_backend(args.loadgen)
     args.duration = min(args.duration, 120.0)
     if args.smoke:
         args.duration, args.patience = min(args.duration, 0.5), 0.0

@@ -25,7 +25,7 @@ import asyncssh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import format_row, run_load
+from bench.loadgen import BACKENDS, default_backend, format_row, run_load, use_backend
 from bench.serving import start_hpcgate
 from tests.site import ensure_site_up
 
@@ -110,7 +110,9 @@ def main() -> int:
     parser.add_argument("--http", choices=["h11", "httptools"], default="httptools")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--raw", help="keep py-spy's collapsed stacks here")
+    parser.add_argument("--loadgen", choices=BACKENDS, default=default_backend())
     args = parser.parse_args()
+    use_backend(args.loadgen)
     args.duration = min(max(args.duration, 2.0), 120.0)
     asyncio.run(main_async(args))
     return 0
