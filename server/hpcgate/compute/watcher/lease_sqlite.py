@@ -19,28 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from hpcgate.compute.watcher.lease import (
-    Interest,
-    RemoteInterest,
-    WatcherPeer,
-    interest_from_json,
-    interest_json,
-    merge_interests,
-)
 from hpcgate.compute.watcher.results import RoundResult
-
-log = logging.getLogger(__name__)
+from hpcgate.compute.watcher.shared import SharedCoordinator
 
 T = TypeVar("T")
 _POLL = 0.05  # seconds between looks for new rounds (followers) and wake-ups (leader)
@@ -78,24 +66,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class SqliteCoordinator:
+class SqliteCoordinator(SharedCoordinator):
     """One system's lease and round sharing through a SQLite file on this host."""
 
+    member = "worker"
+    store_errors = (sqlite3.Error,)
+
     def __init__(self, path: Path, *, system: str, lease_seconds: float) -> None:
-        self.replica = uuid.uuid4().hex
+        super().__init__(system=system, lease_seconds=lease_seconds)
         self._path = path
-        self._system = system
-        self._lease = max(1.0, lease_seconds)
-        self._tick = self._lease / 4
-        self._leading = True  # until the file says otherwise
-        self._gen = 0
-        self._urgent = False
-        self._poke = asyncio.Event()
-        self._peer: WatcherPeer | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watcher-lease")
         self._conn: sqlite3.Connection | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._down = False
         self._seen_round = 0
         self._seen_wake = 0
 
@@ -115,23 +96,13 @@ class SqliteCoordinator:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
+    def _where(self) -> str:
+        return str(self._path)
+
     # ------------------------------------------------------------ the watcher's side
 
-    def leads(self) -> bool:
-        return self._leading
-
-    def start(self, peer: WatcherPeer) -> None:
-        self._peer = peer
-        self._tasks = [
-            asyncio.create_task(self._keep(), name=f"watcher-lease-{self._system}"),
-            asyncio.create_task(self._listen(), name=f"watcher-share-{self._system}"),
-        ]
-
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self._stop_tasks()
 
         def give_back(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -147,43 +118,6 @@ class SqliteCoordinator:
         with contextlib.suppress(sqlite3.Error):
             await self._call(give_back)
         self._executor.shutdown(wait=True)
-
-    def interest_changed(self, *, urgent: bool) -> int:
-        self._urgent = self._urgent or urgent
-        self._poke.set()
-        return self._gen + 1
-
-    async def remote_interest(self) -> RemoteInterest:
-        remote = RemoteInterest()
-        if self._down:
-            return remote
-
-        def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-            return conn.execute(
-                "SELECT replica, text FROM interest WHERE system = ? AND until > ?"
-                " AND replica != ?",
-                (self._system, time.time(), self.replica),
-            ).fetchall()
-
-        try:
-            rows = await self._call(read)
-        except sqlite3.Error as exc:
-            self._failed(exc)
-            return remote
-        found: dict[str, list[Interest]] = {}
-        for replica, text in rows:
-            try:
-                raw = json.loads(text)
-                gen = int(raw["gen"])
-                scopes = [(str(name), interest_from_json(s)) for name, s in raw["scopes"].items()]
-            except (ValueError, KeyError, TypeError, AttributeError):
-                log.warning("watcher: malformed interest of worker %s ignored", replica)
-                continue
-            remote.gens[replica] = gen
-            for name, interest in scopes:
-                found.setdefault(name, []).append(interest)
-        remote.scopes = {name: merge_interests(interests) for name, interests in found.items()}
-        return remote
 
     async def share(self, result: RoundResult) -> None:
         if self._down:
@@ -207,73 +141,28 @@ class SqliteCoordinator:
         except sqlite3.Error as exc:
             self._failed(exc)
 
-    # ------------------------------------------------------------ internals
+    # ------------------------------------------------------------ the store's side
 
-    def _failed(self, exc: Exception) -> None:
-        if not self._down:
-            log.warning(
-                "watcher: the shared file %s failed (%s): this worker polls for itself",
-                self._path,
-                type(exc).__name__,
-            )
-        self._down = True
-        self._set_leading(True)
-
-    def _set_leading(self, leading: bool) -> None:
-        if leading != self._leading:
-            self._leading = leading
-            log.info(
-                "watcher: %s the round lease of %s",
-                "took" if leading else "follows; another worker holds",
-                self._system,
-            )
-            if self._peer is not None:
-                self._peer.leadership_changed()
-
-    def _hold(self, conn: sqlite3.Connection) -> bool:
-        """Hold or seek the lease (one transaction): whether this worker holds it."""
-        now = time.time()
-        with _transaction(conn):
-            row = conn.execute(
-                "SELECT replica, pid, until FROM lease WHERE system = ?", (self._system,)
-            ).fetchone()
-            held = row is None or row[0] == self.replica or row[2] < now or not _pid_alive(row[1])
-            if held:
-                conn.execute(
-                    "INSERT OR REPLACE INTO lease VALUES (?, ?, ?, ?)",
-                    (self._system, self.replica, os.getpid(), now + self._lease),
+    async def _hold(self) -> bool:
+        def hold(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            with _transaction(conn):
+                row = conn.execute(
+                    "SELECT replica, pid, until FROM lease WHERE system = ?", (self._system,)
+                ).fetchone()
+                held = (
+                    row is None or row[0] == self.replica or row[2] < now or not _pid_alive(row[1])
                 )
-        return held
+                if held:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO lease VALUES (?, ?, ?, ?)",
+                        (self._system, self.replica, os.getpid(), now + self._lease),
+                    )
+            return held
 
-    async def _keep(self) -> None:
-        """Hold or seek the lease every tick; publish this worker's interest while
-        following, read the others' while leading."""
-        assert self._peer is not None
-        while True:
-            try:
-                held = await self._call(self._hold)
-                if self._down:
-                    log.info("watcher: the shared file is back")
-                    self._down = False
-                self._set_leading(held)
-                if self._leading:
-                    self._peer.set_remote(await self.remote_interest(), set())
-                else:
-                    await self._publish_interest()
-            except sqlite3.Error as exc:
-                self._failed(exc)
-            self._poke.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._tick):
-                    await self._poke.wait()
+        return await self._call(hold)
 
-    async def _publish_interest(self) -> None:
-        assert self._peer is not None
-        self._gen += 1
-        urgent, self._urgent = self._urgent, False
-        scopes = {name: interest_json(i) for name, i in self._peer.local_interest().items()}
-        text = json.dumps({"gen": self._gen, "scopes": scopes}, separators=(",", ":"))
-
+    async def _publish(self, text: str, *, urgent: bool) -> None:
         def publish(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 conn.execute(
@@ -289,6 +178,16 @@ class SqliteCoordinator:
 
         await self._call(publish)
 
+    async def _interest_texts(self) -> list[tuple[str, str | bytes | None]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str | bytes | None]]:
+            return conn.execute(
+                "SELECT replica, text FROM interest WHERE system = ? AND until > ?"
+                " AND replica != ?",
+                (self._system, time.time(), self.replica),
+            ).fetchall()
+
+        return await self._call(read)
+
     def _news(self, conn: sqlite3.Connection) -> tuple[list[tuple[int, str, str]], int]:
         rounds = conn.execute(
             "SELECT seq, sender, data FROM rounds WHERE system = ? AND seq > ? ORDER BY seq",
@@ -299,7 +198,6 @@ class SqliteCoordinator:
 
     async def _listen(self) -> None:
         """Apply the leader's rounds (while following); answer wake-ups (while leading)."""
-        assert self._peer is not None
         first = True
         while True:
             try:
@@ -312,22 +210,9 @@ class SqliteCoordinator:
                 self._seen_round = rounds[-1][0]
             woken, self._seen_wake = wake != self._seen_wake, wake
             if not first:  # what was there before this worker started is not news
-                await self._received(rounds, woken)
+                if woken:
+                    await self._woken()
+                for _, _, data in rounds:
+                    self._apply_round(data)
             first = False
             await asyncio.sleep(_POLL)
-
-    async def _received(self, rounds: list[tuple[int, str, str]], woken: bool) -> None:
-        assert self._peer is not None
-        if self._leading:
-            if woken:
-                self._peer.set_remote(await self.remote_interest(), {"*"})
-            return
-        for _, sender, data in rounds:
-            if sender == self.replica:
-                continue
-            try:
-                _, result = RoundResult.from_json(data)
-            except ValueError as exc:
-                log.warning("watcher: malformed round result ignored: %s", str(exc)[:200])
-                continue
-            self._peer.apply_remote(result)
