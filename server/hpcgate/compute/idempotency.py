@@ -51,6 +51,7 @@ from typing import Protocol, TypeVar
 from hpcgate import errors
 from hpcgate.compute.scheduler.models import JobSubmitRequest
 from hpcgate.config import IdempotencySettings
+from hpcgate.operations.local_state import pid_alive
 from hpcgate.operations.metrics import Metrics, command_source
 
 log = logging.getLogger(__name__)
@@ -146,16 +147,6 @@ def stamp(scope: KeyScope) -> str:
     return STAMP_PREFIX + hashlib.sha256(material).hexdigest()[:40]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class SqliteIdempotencyStore:
     """The default store: one SQLite file, accessed from one dedicated thread; shared by
     the worker processes of one host (``BEGIN IMMEDIATE`` makes each claim atomic
@@ -246,7 +237,7 @@ class SqliteIdempotencyStore:
                         lease is not None
                         and lease[0] not in mine
                         and lease[2] > time.time()
-                        and _pid_alive(lease[1])
+                        and pid_alive(lease[1])
                     ):
                         conn.execute("COMMIT")
                         return None  # another process is submitting it: wait

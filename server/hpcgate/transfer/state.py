@@ -28,6 +28,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from hpcgate.operations.local_state import pid_alive
+
 Record = dict[str, Any]
 Parts = dict[int, tuple[int, str]]
 #: "ok"; "gone" (no such record); "closed" (not open); else "busy:<slot>" (held)
@@ -48,16 +50,6 @@ class Instance:
     @classmethod
     def me(cls, now: float) -> Instance:
         return cls(secrets.token_hex(8), socket.gethostname(), os.getpid(), now)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def dead_instances(

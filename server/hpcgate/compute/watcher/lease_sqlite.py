@@ -22,13 +22,14 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from hpcgate.compute.watcher.results import RoundResult
 from hpcgate.compute.watcher.shared import SharedCoordinator
+from hpcgate.operations.local_state import immediate, pid_alive
 
 T = TypeVar("T")
 _POLL = 0.05  # seconds between looks for new rounds (followers) and wake-ups (leader)
@@ -43,27 +44,6 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS rounds_system ON rounds(system, seq)",
     "CREATE TABLE IF NOT EXISTS wake (system TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
 )
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SqliteCoordinator(SharedCoordinator):
@@ -126,7 +106,7 @@ class SqliteCoordinator(SharedCoordinator):
 
         def write(conn: sqlite3.Connection) -> None:
             now = time.time()
-            with _transaction(conn):
+            with immediate(conn):
                 conn.execute(
                     "INSERT INTO rounds (system, sender, data, at) VALUES (?, ?, ?, ?)",
                     (self._system, self.replica, data, now),
@@ -146,12 +126,12 @@ class SqliteCoordinator(SharedCoordinator):
     async def _hold(self) -> bool:
         def hold(conn: sqlite3.Connection) -> bool:
             now = time.time()
-            with _transaction(conn):
+            with immediate(conn):
                 row = conn.execute(
                     "SELECT replica, pid, until FROM lease WHERE system = ?", (self._system,)
                 ).fetchone()
                 held = (
-                    row is None or row[0] == self.replica or row[2] < now or not _pid_alive(row[1])
+                    row is None or row[0] == self.replica or row[2] < now or not pid_alive(row[1])
                 )
                 if held:
                     conn.execute(
@@ -164,7 +144,7 @@ class SqliteCoordinator(SharedCoordinator):
 
     async def _publish(self, text: str, *, urgent: bool) -> None:
         def publish(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with immediate(conn):
                 conn.execute(
                     "INSERT OR REPLACE INTO interest VALUES (?, ?, ?, ?)",
                     (self._system, self.replica, text, time.time() + 3 * self._lease),
