@@ -4,12 +4,14 @@ The floor is ``sbatch --parsable`` with the same script on stdin over one warm
 asyncssh connection as the same user (one exec channel per submission, as hpcgate's
 pool does). hpcgate (``serve --workers 1``, its own warm pool) gets N sequential
 submissions over one keep-alive connection, without and with an ``Idempotency-Key``
-(a fresh key each: the SQLite claim, the stamp and the recorded id). The three are
-interleaved (floor, plain, keyed, floor, ...) so that drift hits them alike. Every
+(a fresh key each: the SQLite claim, the stamp and the recorded id), and plain ones
+with a query parameter the lean path (``api/hotpath.py``) leaves to FastAPI's
+routing. The kinds are interleaved (floor, plain, keyed, FastAPI's, one HTTP round
+trip alone: ``GET /status/liveness/``, floor, ...) so that drift hits them alike. Every
 job is held (``#SBATCH --hold``: nothing runs) and cancelled at the end.
 
     .venv/bin/python bench/submit_bench.py [--count 50] [--duration 0] [--smoke]
-        [--profile FILE]
+        [--profile FILE [--rate 500]] [--only plain|keyed]
 
 ``--duration`` (seconds, 0: off) stops after that long instead of ``--count``;
 ``--profile`` samples the server with py-spy meanwhile (as ``profile_server.py``).
@@ -103,8 +105,15 @@ async def bench(args: argparse.Namespace) -> str:
         }
     }
     url = f"{served.url}/compute/{served.system}/jobs"
-    times: dict[str, list[float]] = {"sbatch": [], "POST jobs": [], "POST jobs + key": []}
-    cpu_seconds = 0.0
+    times: dict[str, list[float]] = {
+        "sbatch": [],
+        "POST jobs": [],
+        "POST jobs + key": [],
+        "POST jobs, FastAPI's path": [],
+    }
+    http_alone: list[float] = []  # GET /status/liveness/: one HTTP round trip, no SSH
+    cpu_seconds: dict[str, float] = dict.fromkeys(times, 0.0)  # the server's, per kind
+    floor_cpu = 0.0  # this process's CPU in the floor's sbatch (asyncssh's client side)
     try:
         headers = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession(headers=headers) as session:
@@ -113,9 +122,16 @@ async def bench(args: argparse.Namespace) -> str:
                 result = await conn.run(sbatch, input=SCRIPT, check=True)
                 assert str(result.stdout).strip().split(";")[0].isdigit(), result.stdout
 
-            async def api(keyed: bool) -> None:
+            async def liveness() -> None:
+                async with session.get(f"{served.url}/status/liveness/") as response:
+                    await response.read()
+                    assert response.status == 200
+
+            async def api(keyed: bool, fastapi: bool = False) -> None:
                 extra = {"Idempotency-Key": uuid.uuid4().hex} if keyed else {}
-                async with session.post(url, json=body, headers=extra) as response:
+                # a query parameter the lean path does not know: FastAPI serves it
+                query = {"viaFastapi": "1"} if fastapi else {}
+                async with session.post(url, json=body, headers=extra, params=query) as response:
                     text = await response.text()
                     assert response.status == 201, text
 
@@ -131,7 +147,7 @@ async def bench(args: argparse.Namespace) -> str:
                 pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
                 spy = subprocess.Popen(  # noqa: ASYNC220 - the bench's own helper process
                     [pyspy, "record", "--pid", str(served.pid), "--format", "raw",
-                     "--rate", "500", "--nonblocking", "-o", args.profile],
+                     "--rate", str(args.rate), "--nonblocking", "-o", args.profile],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 await asyncio.sleep(1)
@@ -142,15 +158,22 @@ async def bench(args: argparse.Namespace) -> str:
                     ("sbatch", floor),
                     ("POST jobs", lambda: api(False)),
                     ("POST jobs + key", lambda: api(True)),
+                    ("POST jobs, FastAPI's path", lambda: api(False, fastapi=True)),
                 ):
                     if label not in args.kinds:
                         continue
                     before = tree_cpu_seconds(served.pid)
+                    own_before = time.process_time()
                     started = time.perf_counter()
                     await call()
                     times[label].append(time.perf_counter() - started)
                     if label != "sbatch":
-                        cpu_seconds += tree_cpu_seconds(served.pid) - before
+                        cpu_seconds[label] += tree_cpu_seconds(served.pid) - before
+                    else:
+                        floor_cpu += time.process_time() - own_before
+                started = time.perf_counter()
+                await liveness()
+                http_alone.append(time.perf_counter() - started)
                 done += 1
             async with session.get(f"{served.url}/metrics") as response:
                 split_after = server_split(await response.text())
@@ -169,23 +192,31 @@ async def bench(args: argparse.Namespace) -> str:
         a - b for a, b in zip(split_after, split_before, strict=True)
     )
     floor_row = rows[0]
-    api_count = len(times["POST jobs"]) + len(times["POST jobs + key"])
+    http_p50 = summary("", http_alone)["p50"] if http_alone else float("nan")
     lines = [
         f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, c=1, "
         f"{floor_row['n']} submissions of each, interleaved; load {load:.2f} before, "
-        f"{load_after:.2f} after; server CPU {cpu_seconds * 1000 / max(1, api_count):.2f} "
-        "ms per API submission",
-        f"inside the server (its metrics, means): request {request_s * 1000 / sbatch_n:.2f} ms, "
-        f"of which sbatch over SSH {sbatch_s * 1000 / sbatch_n:.2f} ms; "
-        f"{commands / sbatch_n:.2f} SSH commands per submission",
+        f"{load_after:.2f} after; an HTTP round trip alone (GET /status/liveness/) "
+        f"p50 {http_p50} ms",
+        f"inside the server (its metrics, means of all API kinds): request "
+        f"{request_s * 1000 / sbatch_n:.2f} ms, of which sbatch over SSH "
+        f"{sbatch_s * 1000 / sbatch_n:.2f} ms; {commands / sbatch_n:.2f} SSH commands per "
+        "submission",
         "",
-        "| submission | n | p50 ms | mean ms | p90 ms | p50 - sbatch ms | mean - sbatch ms |",
-        "|---|---|---|---|---|---|---|",
+        "| submission | n | p50 ms | mean ms | p90 ms | p50 - sbatch ms | mean - sbatch ms "
+        "| CPU ms each |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        label = row["label"]
+        if label == "sbatch":  # the floor's client: asyncssh's side of the exchange
+            cpu = f"{floor_cpu * 1000 / row['n']:.2f} (client)"
+        else:
+            cpu = f"{cpu_seconds[label] * 1000 / row['n']:.2f} (server)"
         lines.append(
-            f"| {row['label']} | {row['n']} | {row['p50']} | {row['mean']} | {row['p90']} "
-            f"| {row['p50'] - floor_row['p50']:+.2f} | {row['mean'] - floor_row['mean']:+.2f} |"
+            f"| {label} | {row['n']} | {row['p50']} | {row['mean']} | {row['p90']} "
+            f"| {row['p50'] - floor_row['p50']:+.2f} | {row['mean'] - floor_row['mean']:+.2f} "
+            f"| {cpu} |"
         )
     return "\n".join(lines)
 
@@ -199,11 +230,17 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="three of each")
     parser.add_argument("--output", help="append the markdown table here")
     parser.add_argument("--profile", help="py-spy's collapsed stacks of the server here")
-    parser.add_argument("--only", choices=["plain", "keyed"], help="sbatch and this one")
+    parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
+    parser.add_argument("--only", choices=["plain", "keyed", "fastapi"], help="sbatch and this one")
     args = parser.parse_args()
-    args.kinds = {"sbatch", "POST jobs", "POST jobs + key"}
+    kinds = {
+        "plain": "POST jobs",
+        "keyed": "POST jobs + key",
+        "fastapi": "POST jobs, FastAPI's path",
+    }
+    args.kinds = {"sbatch", *kinds.values()}
     if args.only:
-        args.kinds.discard("POST jobs + key" if args.only == "plain" else "POST jobs")
+        args.kinds = {"sbatch", kinds[args.only]}
     args.count = min(args.count, 2000)
     args.duration = min(args.duration, 600.0)
     if args.smoke:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -151,3 +152,136 @@ async def test_job_as_fastapi(fs_server, client, served, ssh_as, site_env) -> No
     before = len(served)
     waited = alice.get(path, params={"waitFor": "terminal", "timeout": "5"})
     assert waited.status_code == 200 and len(served) == before
+
+
+@pytest.fixture
+def submitted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The submissions the lean path took (it may still hand a bad body to FastAPI)."""
+    paths: list[str] = []
+    submit = hotpath.HotPathMiddleware._submit_job
+
+    async def counting(self: Any, route: Any, params: Any, key: Any, scope: Any, *rest: Any):
+        paths.append(scope["path"])
+        return await submit(self, route, params, key, scope, *rest)
+
+    monkeypatch.setattr(hotpath.HotPathMiddleware, "_submit_job", counting)
+    return paths
+
+
+def _post_both(
+    client: httpx.Client, url: str, submitted: list[str], **kwargs: Any
+) -> tuple[httpx.Response, httpx.Response]:
+    """POST by the lean path, then by FastAPI (an unknown query parameter)."""
+    before = len(submitted)
+    lean = client.post(url, **kwargs)
+    assert len(submitted) == before + 1, f"the lean path did not take {url}"
+    full = client.post(url, params={"unknownParameter": "1"}, **kwargs)
+    assert len(submitted) == before + 1, "FastAPI's answer went through the lean path"
+    return lean, full
+
+
+def _headers(response: httpx.Response) -> list[tuple[str, str]]:
+    volatile = _VOLATILE | {"content-length"}  # job ids may differ in length
+    return [(k, v) for k, v in response.headers.multi_items() if k not in volatile]
+
+
+def _alike(lean: httpx.Response, full: httpx.Response) -> None:
+    """Same status, headers and bytes (errors), or the same shape (a new job each)."""
+    assert lean.status_code == full.status_code, (lean.text, full.text)
+    assert _headers(lean) == _headers(full)
+    if lean.status_code == 201:
+        assert lean.json().keys() == full.json().keys() == {"jobId"}
+        assert lean.json()["jobId"].isdigit() and full.json()["jobId"].isdigit()
+    else:
+        assert lean.content == full.content
+
+
+async def test_submission_as_fastapi(fs_server, client, submitted, ssh_as, site_env) -> None:
+    name = "hotpath-submit"
+    alice, bob = client("hpcuser1"), client("hpcuser2")
+    url = f"/compute/{fs_server.system}/jobs"
+
+    def job(script: str = "#!/bin/bash\n#SBATCH --hold\ntrue\n", **extra: Any) -> dict[str, Any]:
+        scratch = site_env.scratch("hpcuser1")
+        fields = {"name": name, "workingDirectory": scratch, "standardOutput": "/dev/null"}
+        return {"job": {**fields, "script": script, **extra}}
+
+    try:
+        lean, full = _post_both(alice, url, submitted, json=job())
+        _alike(lean, full)
+        assert lean.status_code == 201 and lean.json()["jobId"] != full.json()["jobId"]
+        # a body that does not validate: the lean path hands the bytes to FastAPI, whose
+        # RequestValidationError the app answers (400, errorType validation)
+        for body in (
+            {"job": {"script": "true"}},  # no working directory
+            {"job": {**job()["job"], "tasks": 0}},
+            {"job": {**job()["job"], "extraOptions": {"test-only": None}}},
+            [],
+        ):
+            lean, full = _post_both(alice, url, submitted, json=body)
+            _alike(lean, full)
+            assert lean.status_code == 400, lean.text
+        for raw in (b"{", b'{"job": {"script": "\xff"}}', b"", b"null", b'{"job":1} x'):
+            headers = {"Content-Type": "application/json"}
+            lean, full = _post_both(alice, url, submitted, content=raw, headers=headers)
+            _alike(lean, full)
+            assert lean.status_code == 400, lean.text
+        assert "There was an error parsing the body" in lean.text or "JSON" in lean.text
+        # a directive sbatch must not obey: 400, nothing submitted
+        for directive in ("--test-only", "--wait"):
+            script = f"#!/bin/bash\n#SBATCH {directive}\ntrue\n"
+            lean, full = _post_both(alice, url, submitted, json=job(script))
+            _alike(lean, full)
+            assert lean.status_code == 400, lean.text
+        # an unknown system: the same 404
+        lean, full = _post_both(alice, "/compute/no-such-system/jobs", submitted, json=job())
+        _alike(lean, full)
+        assert lean.status_code == 404
+        # idempotency: a replay answers the first job, by either path, per user
+        key = {"Idempotency-Key": f"hotpath-{uuid.uuid4().hex}"}
+        first, replay = _post_both(alice, url, submitted, json=job(), headers=key)
+        assert first.status_code == replay.status_code == 201, (first.text, replay.text)
+        assert first.json() == replay.json()
+        again = alice.post(url, json=job(), headers=key)
+        assert again.json() == first.json()
+        assert again.headers["Idempotent-Replayed"] == replay.headers["Idempotent-Replayed"]
+        assert _headers(again) == _headers(replay)
+        lean, full = _post_both(
+            alice, url, submitted, json=job("#!/bin/bash\nfalse\n"), headers=key
+        )
+        _alike(lean, full)  # the same key with another body
+        assert lean.status_code == 422
+        bob_job = bob.post(
+            url, json=job() | {"job": {**job()["job"], "workingDirectory": "/tmp"}}, headers=key
+        )
+        assert bob_job.status_code == 201 and bob_job.json() != first.json()
+        assert "Idempotent-Replayed" not in bob_job.headers
+    finally:
+        for user in ("hpcuser1", "hpcuser2"):
+            conn = await ssh_as(user)
+            await conn.run(shlex.join(["scancel", f"--name={name}"]), check=False)
+
+
+def test_submission_body_caps(fs_server, client, submitted) -> None:
+    """Over ``http.max_json_body_bytes``: 413 from the edge, declared or chunked."""
+    alice = client("hpcuser1")
+    url = f"/compute/{fs_server.system}/jobs"
+    cap = fs_server.settings.http.max_json_body_bytes
+    body = b'{"job": {"script": "' + b"x" * cap + b'"}}'
+    headers = {"Content-Type": "application/json"}
+    before = len(submitted)
+    declared = alice.post(url, content=body, headers=headers)
+    assert declared.status_code == 413 and len(submitted) == before  # the edge, before
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 65536):
+            yield body[start : start + 65536]
+
+    answers = []
+    for params in ({}, {"unknownParameter": "1"}):
+        answers.append(alice.post(url, content=chunks(), headers=headers, params=params))
+    assert len(submitted) == before + 1  # the lean path read the chunked body
+    lean, full = answers
+    assert lean.status_code == full.status_code == 413
+    assert lean.content == full.content
+    assert lean.headers["connection"] == "close"
