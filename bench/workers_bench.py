@@ -6,7 +6,11 @@ through their state directory (SQLite files, the default) or a private redis-ser
 drives each server in turn for the same time (``bench/loadgen.py``: wrk by default
 when installed, else aiohttp) and reports requests per second, p50, p99, CPU
 milliseconds per request of all the server's processes and of the load generator,
-and the ratio of the two rates. The load generator shares the machine.
+and the ratio of the two rates. The load generator shares the machine, so a second
+table says where the cores went during each point (percent of one core): the
+server's processes, the site's sshd sessions serving them (``bench/cpu_split.py``:
+selected by their sockets), the load generator, idle time, and the rest (other
+processes on the machine).
 
     .venv/bin/python bench/workers_bench.py [--workers 2] [--duration 8] [--levels 10,50]
         [--loadgen wrk|aiohttp] [--store sqlite|redis] [--smoke]
@@ -28,6 +32,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cpu_split import CpuSplit
 from bench.floor_bench import JOB_NAME, Case, measure, prepare, quiet
 from bench.loadgen import BACKENDS, default_backend, format_row, use_backend
 from bench.serving import shared_store, start_hpcgate, start_redis
@@ -43,6 +48,7 @@ async def bench(args: argparse.Namespace) -> str:
     one = start_hpcgate(site, workdir / "one", workers=1, settings=store)
     many = start_hpcgate(site, workdir / "many", workers=args.workers, settings=store)
     rows = []
+    splits = []
     try:
         cases = []
         for level in args.levels:
@@ -69,13 +75,17 @@ async def bench(args: argparse.Namespace) -> str:
             results = []
             for served in (one, many):
                 headers = {"Authorization": f"Bearer {tokens[served.url]}"}
+                split = CpuSplit(served.pid, site.ssh_port)
                 result, cpu = await measure(
                     served, served.url + case.path, headers, case, args.duration
                 )
+                where = split.done().with_client(result.client_cpu_ms * result.requests / 1000)
                 results.append((result, cpu))
+                splits.append((case, served is one, where))
                 print(
                     f"load {load:.2f} {format_row(result)}  CPU {cpu:.3f} ms/req"
-                    f"  {result.loadgen} {result.client_cpu_ms:.3f} ms/req",
+                    f"  {result.loadgen} {result.client_cpu_ms:.3f} ms/req  "
+                    + "  ".join(f"{k} {v:.0f}%" for k, v in where.items()),
                     flush=True,
                 )
             (a, a_cpu), (b, b_cpu) = results
@@ -103,7 +113,20 @@ async def bench(args: argparse.Namespace) -> str:
         f"| {args.loadgen} CPU ms/req (1 / {args.workers}) | errors | ratio |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    return "\n".join(head + rows)
+    cores = [
+        "",
+        f"Where the {os.cpu_count()} cores went (percent of one core over each point):",
+        "",
+        f"| request | c | workers | server | sshd | {args.loadgen} | idle | other |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for case, single, where in splits:
+        figures = " | ".join(
+            f"{where[k]:.0f}" for k in ("server", "sshd", "client", "idle", "other")
+        )
+        count = 1 if single else args.workers
+        cores.append(f"| {case.label} | {case.concurrency} | {count} | {figures} |")
+    return "\n".join(head + rows + cores)
 
 
 def main() -> int:

@@ -15,8 +15,6 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client.core import Metric
-
 from hpcgate.auth.accounts import AccountPolicy, build_policy
 from hpcgate.auth.tokens import TokenValidator
 from hpcgate.cluster.remote import CommandRunner
@@ -35,7 +33,16 @@ from hpcgate.errors import ClusterUnreachable
 from hpcgate.filesystem.base import Filesystem
 from hpcgate.filesystem.sftp import SftpFilesystem, SystemState
 from hpcgate.operations.health import HealthChecker, Probe
-from hpcgate.operations.metrics import Metrics, command_source, gauge, pool_gauges
+from hpcgate.operations.metrics import (
+    SSH_FIGURES,
+    Figure,
+    Metrics,
+    Reading,
+    Readings,
+    Share,
+    command_source,
+    pool_readings,
+)
 from hpcgate.transfer.service import TransferService
 
 log = logging.getLogger(__name__)
@@ -151,24 +158,41 @@ def system_probes(
     ]
 
 
-def _watcher_gauges(watchers: dict[str, JobWatcher]) -> Callable[[], Iterable[Metric]]:
-    names = {
-        "interval": ("hpcgate_watcher_interval_seconds", "Current interval between rounds"),
-        "lag": ("hpcgate_watcher_lag_seconds", "How late the next round is (0 on time)"),
-        "data_age": ("hpcgate_watcher_data_age_seconds", "Age of the oldest scope's data"),
-        "views": ("hpcgate_watcher_jobs_tracked", "Jobs (and arrays) the watcher tracks"),
-        "watched": ("hpcgate_watcher_jobs_watched", "Job ids clients are waiting on"),
-        "scopes": ("hpcgate_watcher_scopes", "Polling identities with interest"),
-        "sse": ("hpcgate_sse_subscribers", "Open event streams"),
-        "longpoll": ("hpcgate_longpoll_waiters", "Waiting long-polls"),
-    }
+WATCHER_FIGURES = {
+    "interval": Figure(
+        "hpcgate_watcher_interval_seconds", "Current interval between rounds", Share.LEADER
+    ),
+    "lag": Figure(
+        "hpcgate_watcher_lag_seconds", "How late the next round is (0 on time)", Share.LEADER
+    ),
+    "data_age": Figure(
+        "hpcgate_watcher_data_age_seconds", "Age of the oldest scope's data", Share.LEADER
+    ),
+    "views": Figure(
+        "hpcgate_watcher_jobs_tracked", "Jobs (and arrays) the watcher tracks", Share.LEADER
+    ),
+    "scopes": Figure(
+        "hpcgate_watcher_scopes",
+        "Polling identities with interest (the leader's: every worker's interest)",
+        Share.LEADER,
+    ),
+    "watched": Figure("hpcgate_watcher_jobs_watched", "Job ids clients are waiting on"),
+    "sse": Figure("hpcgate_sse_subscribers", "Open event streams"),
+    "longpoll": Figure("hpcgate_longpoll_waiters", "Waiting long-polls"),
+}
+"""The watcher's figures: what the leader's rounds see, and each worker's clients.
+``watched`` is summed over workers (an id waited on from two counts twice)."""
 
-    def collect() -> Iterable[Metric]:
-        stats = {system: watcher.stats() for system, watcher in watchers.items()}
-        for key, (name, documentation) in names.items():
-            yield gauge(name, documentation, {s: row[key] for s, row in stats.items()})
 
-    return collect
+def _watcher_readings(watchers: dict[str, JobWatcher]) -> Readings:
+    def read() -> Iterable[Reading]:
+        for system, watcher in watchers.items():
+            stats = watcher.stats()
+            leads = watcher.coordinator.leads()
+            for key, figure in WATCHER_FIGURES.items():
+                yield Reading(figure, system, stats[key], leads)
+
+    return read
 
 
 @dataclass
@@ -249,8 +273,8 @@ class Services:
             system.name: build_policy(system, functools.partial(pool.runner, system.name))
             for system in settings.systems
         }
-        metrics.add_gauges(pool_gauges(pool.stats))
-        metrics.add_gauges(_watcher_gauges(watchers))
+        metrics.add_figures(list(SSH_FIGURES.values()), pool_readings(pool.stats))
+        metrics.add_figures(list(WATCHER_FIGURES.values()), _watcher_readings(watchers))
         services = cls(
             settings,
             TokenValidator(settings.auth),
@@ -283,8 +307,10 @@ class Services:
             watcher.start()
         if self.transfers is not None:
             await self.transfers.start()
+        self.metrics.start()
 
     async def close(self) -> None:
+        await self.metrics.close()
         if self.transfers is not None:
             await self.transfers.close()
         for watcher in self.watchers.values():

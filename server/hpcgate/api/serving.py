@@ -15,7 +15,8 @@ keys (the SQLite file, a lease per key being submitted:
 claims by process), the watcher's lease (one round per interval for all of them,
 results passed to all: ``hpcgate.compute.watcher.lease_sqlite``) and the metrics
 (``/metrics`` from any worker sums all of them: prometheus_client's multiprocess
-mode in ``<state_dir>/metrics``, emptied at start). The transfer signing key is made
+mode in ``<state_dir>/metrics``, emptied at start; a worker that dies has its live
+figures removed before it is replaced). The transfer signing key is made
 once, atomically, in the same directory. Replicas on several hosts need the Redis
 store (``idempotency.backend: redis``) and ``transfer.signing_key``.
 
@@ -44,7 +45,7 @@ from hpcgate.api.connection_httptools import httptools_protocol_class
 from hpcgate.compute.watcher.lease import WORKERS_ENV
 from hpcgate.config import Settings, load_settings
 from hpcgate.operations.logs import configure_logging
-from hpcgate.operations.metrics import MULTIPROC_ENV
+from hpcgate.operations.metrics import MULTIPROC_ENV, forget_process
 
 __all__ = [
     "WorkersRefused",
@@ -203,6 +204,8 @@ def serve_workers(
                     log.error(
                         "worker %d exited with %s; starting another", index + 1, process.exitcode
                     )
+                    if process.pid is not None:
+                        forget_process(process.pid)  # its streams and connections are gone
                     time.sleep(_RESTART_PAUSE)
                     processes[index] = start(index)
     finally:
@@ -215,5 +218,7 @@ def serve_workers(
             if process.is_alive():
                 process.kill()
                 process.join()
+            if process.pid is not None:
+                forget_process(process.pid)
         reserved.close()
     return 0

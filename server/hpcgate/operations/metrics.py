@@ -16,19 +16,43 @@ multiprocess mode: ``serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` (under the state
 directory, emptied at start) before the workers import prometheus_client, every
 counter and histogram is written to a per-process file there (about 4 µs more per
 request than in memory), and whichever worker answers ``/metrics`` sums every
-worker's files. The scrape-time gauges are the answering worker's own.
+worker's files.
+
+The scrape-time figures (``Figure``) are read from their providers at every scrape
+when one process serves. With several workers each worker writes its readings into
+multiprocess gauges (``live*`` modes: a dead worker's files are removed, by the
+worker as it stops and by ``serve`` when one dies) every ``PUBLISH_SECONDS`` and
+again when it answers a scrape, so any worker's answer shows
+``Share.SUM`` figures (streams, waiters, SSH connections) summed over the live
+workers, ``Share.LEADER`` figures (the watcher's interval, lag, data age, jobs
+tracked, scopes) as the round leader wrote them, and ``Share.TOTAL`` (SSH connects)
+summed over every worker since ``serve`` started. The other workers' part is at
+most ``PUBLISH_SECONDS`` old (plus how late their event loop runs the refresh).
+A host whose workers all follow a leader elsewhere (the Redis store) shows no
+``Share.LEADER`` series.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
+import enum
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 SCHEDULER_PROGRAMS = frozenset(
@@ -47,10 +71,51 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created serie
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 _COMMAND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-Gauges = Callable[[], Iterable[Metric]]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """Set (by ``hpcgate serve`` with several workers) before prometheus_client is imported."""
+PUBLISH_SECONDS = 1.0
+"""With several workers: how often each writes its scrape-time figures to the files."""
 _MAX_CACHED_CHILDREN = 4096
+
+
+class Share(enum.Enum):
+    """How the workers' readings of one figure make the figure (the multiprocess mode)."""
+
+    SUM = "livesum"
+    """Each worker holds a part (its streams, its connections): the live workers' sum."""
+    LEADER = "livemostrecent"
+    """The watcher round leader's reading (the followers' are not written)."""
+    TOTAL = "counter"
+    """A count since start: summed over every worker, dead ones included."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A scrape-time series labelled by ``system``."""
+
+    name: str
+    documentation: str
+    share: Share = Share.SUM
+
+
+class Reading(NamedTuple):
+    """One figure's value for one system, as this process sees it."""
+
+    figure: Figure
+    system: str
+    value: float
+    leads: bool = True
+    """For ``Share.LEADER``: whether this process leads the system's rounds."""
+
+
+Readings = Callable[[], Iterable[Reading]]
+
+
+def forget_process(pid: int) -> None:
+    """Drop the live figures of worker ``pid`` (it stopped or died)."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
 def command_kind(argv: Sequence[str]) -> str:
@@ -65,14 +130,56 @@ def command_kind(argv: Sequence[str]) -> str:
 
 
 class _Live(Collector):
-    """Gauges computed when scraped, from the registered providers."""
+    """One process's figures, read from the providers when scraped."""
 
     def __init__(self) -> None:
-        self.providers: list[Gauges] = []
+        self.providers: list[tuple[Sequence[Figure], Readings]] = []
 
     def collect(self) -> Iterable[Metric]:
-        for provider in self.providers:
-            yield from provider()
+        for figures, read in self.providers:
+            families: dict[Figure, GaugeMetricFamily | CounterMetricFamily] = {}
+            for figure in figures:
+                kind = CounterMetricFamily if figure.share is Share.TOTAL else GaugeMetricFamily
+                families[figure] = kind(figure.name, figure.documentation, labels=["system"])
+            for reading in read():
+                families[reading.figure].add_metric([reading.system], reading.value)
+            yield from families.values()
+
+
+class _Published:
+    """One worker's figures written to the multiprocess files, each in its mode."""
+
+    def __init__(self) -> None:
+        self._series: dict[Figure, Gauge | Counter] = {}
+        self._counted: dict[tuple[Figure, str], float] = {}
+
+    def declare(self, figure: Figure) -> None:
+        if figure in self._series:
+            return
+        if figure.share is Share.TOTAL:
+            self._series[figure] = Counter(
+                figure.name, figure.documentation, ["system"], registry=None
+            )
+        else:
+            self._series[figure] = Gauge(
+                figure.name,
+                figure.documentation,
+                ["system"],
+                registry=None,
+                multiprocess_mode=figure.share.value,
+            )
+
+    def write(self, readings: Iterable[Reading]) -> None:
+        for figure, system, value, leads in readings:
+            series = self._series[figure]
+            if isinstance(series, Counter):
+                key = (figure, system)
+                added = value - self._counted.get(key, 0.0)
+                if added > 0:
+                    series.labels(system).inc(added)
+                    self._counted[key] = value
+            elif figure.share is not Share.LEADER or leads:
+                series.labels(system).set(value)
 
 
 class Metrics:
@@ -132,20 +239,50 @@ class Metrics:
             registry=self.registry,
         )
         self._live = _Live()
-        self.registry.register(self._live)
-        # several workers: /metrics sums every worker's files, plus this one's gauges
+        # several workers: /metrics sums every worker's files, figures included
         self._exposed = self.registry
+        self._published: _Published | None = None
+        self._publisher: asyncio.Task[None] | None = None
         shared = os.environ.get(MULTIPROC_ENV)
         if shared:
             self._exposed = CollectorRegistry(auto_describe=True)
             MultiProcessCollector(self._exposed, path=shared)  # type: ignore[no-untyped-call]
-            self._exposed.register(self._live)
+            self._published = _Published()
+        else:
+            self.registry.register(self._live)
         # the request series' children by labels: labels() costs more than the update
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
-    def add_gauges(self, provider: Gauges) -> None:
-        """Collect ``provider()``'s metric families at every scrape."""
-        self._live.providers.append(provider)
+    def add_figures(self, figures: Sequence[Figure], read: Readings) -> None:
+        """Show ``figures`` at every scrape, their values from ``read()``."""
+        self._live.providers.append((figures, read))
+        if self._published is not None:
+            for figure in figures:
+                self._published.declare(figure)
+
+    def publish(self) -> None:
+        """Several workers: write this worker's figures to the shared files."""
+        if self._published is not None:
+            for _, read in self._live.providers:
+                self._published.write(read())
+
+    def start(self) -> None:
+        """Several workers: refresh this worker's figures every ``PUBLISH_SECONDS``."""
+        if self._published is not None and self._publisher is None:
+            self._publisher = asyncio.create_task(self._publish_often(), name="metrics-publish")
+
+    async def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
+            self._publisher = None
+            forget_process(os.getpid())
+
+    async def _publish_often(self) -> None:
+        while True:
+            self.publish()
+            await asyncio.sleep(PUBLISH_SECONDS)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)
@@ -170,47 +307,27 @@ class Metrics:
         self.command_seconds.labels(system, kind).observe(seconds)
 
     def render(self) -> bytes:
+        self.publish()  # the answering worker's own figures, fresh
         return generate_latest(self._exposed)
 
 
-def gauge(name: str, documentation: str, values: dict[str, float]) -> GaugeMetricFamily:
-    """A gauge family labelled by ``system``."""
-    family = GaugeMetricFamily(name, documentation, labels=["system"])
-    for system, value in values.items():
-        family.add_metric([system], value)
-    return family
+SSH_FIGURES = {
+    "connections": Figure("hpcgate_ssh_connections", "Open SSH connections"),
+    "connecting": Figure("hpcgate_ssh_connecting", "SSH connections being opened"),
+    "channels_in_use": Figure("hpcgate_ssh_channels_in_use", "SSH exec channels in use"),
+    "sftp_sessions": Figure("hpcgate_ssh_sftp_sessions", "Open SFTP sessions"),
+    "connects_total": Figure(
+        "hpcgate_ssh_connects", "SSH connections opened since start", Share.TOTAL
+    ),
+}
 
 
-def pool_gauges(stats: Callable[[], dict[str, dict[str, int]]]) -> Gauges:
-    """SSH pool figures per system, from ``SshPool.stats()``."""
+def pool_readings(stats: Callable[[], dict[str, dict[str, int]]]) -> Readings:
+    """SSH pool figures per system (``SSH_FIGURES``), from ``SshPool.stats()``."""
 
-    def collect() -> Iterable[Metric]:
-        rows = stats()
-        yield gauge(
-            "hpcgate_ssh_connections",
-            "Open SSH connections",
-            {s: r["connections"] for s, r in rows.items()},
-        )
-        yield gauge(
-            "hpcgate_ssh_connecting",
-            "SSH connections being opened",
-            {s: r["connecting"] for s, r in rows.items()},
-        )
-        yield gauge(
-            "hpcgate_ssh_channels_in_use",
-            "SSH exec channels in use",
-            {s: r["channels_in_use"] for s, r in rows.items()},
-        )
-        yield gauge(
-            "hpcgate_ssh_sftp_sessions",
-            "Open SFTP sessions",
-            {s: r["sftp_sessions"] for s, r in rows.items()},
-        )
-        connects = CounterMetricFamily(
-            "hpcgate_ssh_connects", "SSH connections opened since start", labels=["system"]
-        )
-        for system, row in rows.items():
-            connects.add_metric([system], row["connects_total"])
-        yield connects
+    def read() -> Iterable[Reading]:
+        for system, row in stats().items():
+            for key, figure in SSH_FIGURES.items():
+                yield Reading(figure, system, row[key])
 
-    return collect
+    return read
