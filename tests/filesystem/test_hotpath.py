@@ -148,7 +148,7 @@ async def test_job_as_fastapi(fs_server, client, served, ssh_as, site_env) -> No
     assert _same(bob, path, served).status_code == 404  # another user's job, as unknown
     assert _same(alice, f"/compute/{fs_server.system}/jobs/999999999", served).status_code == 404
     assert _same(alice, f"/compute/{fs_server.system}/jobs/x;id", served).status_code == 400
-    # waitFor is FastAPI's
+    # waitFor is not the plain GET's (hotpath_events serves it: tests/events/test_hotpath_events.py)
     before = len(served)
     waited = alice.get(path, params={"waitFor": "terminal", "timeout": "5"})
     assert waited.status_code == 200 and len(served) == before

@@ -414,6 +414,27 @@ def test_keep_alive_connections_still_serve_several_requests(edge_server: ApiSer
         assert client.get("/status/systems").status_code == 200
 
 
+def test_pipelined_requests_are_all_answered_in_order(edge_server: ApiServer) -> None:
+    """Three requests in one write: the protocol queues the second and third behind
+    the first (``BoundedHttpToolsProtocol`` replaces uvicorn's pipeline queue)."""
+    host, port = edge_server.url.removeprefix("http://").split(":")
+    heads = b"".join(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        for path in ("/status/liveness/", "/no/such/route", "/status/liveness/")
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(heads)
+        received = b""
+        deadline = time.monotonic() + 10
+        while received.count(b"HTTP/1.1 ") < 3 and time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+    statuses = [int(part.split(b" ", 1)[0]) for part in received.split(b"HTTP/1.1 ")[1:]]
+    assert statuses == [200, 401, 200], received[:600]  # no token: 401 before routing
+
+
 # -- which routes need a token --------------------------------------------------------
 
 

@@ -48,7 +48,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from hpcgate import errors
-from hpcgate.compute.watcher import JobEvent, JobView, JobWatcher, Slot, Subscription
+from hpcgate.api.connection_httptools import DISCONNECT_EXTENSION
+from hpcgate.compute.watcher import JobEvent, JobView, JobWatcher, Slot
 from hpcgate.config import WatcherSettings
 
 KEEP_ALIVE = b": keep-alive\n\n"
@@ -81,15 +82,20 @@ def parse_event_id(value: str | None) -> int | None:
     return int(value) if value.isdigit() and len(value) <= 19 else None
 
 
+@functools.lru_cache(maxsize=64)
+def _shared(header: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    """One copy of each header line: ten thousand streams send the same few."""
+    return header
+
+
 class EventStreamResponse(StreamingResponse):
     """An SSE response that stops its body as soon as the client disconnects, so that
     subscriptions end with the connection.
 
     Ten thousand of them are held open at once, so each is one task (the request's
-    own) plus one small task that waits for the disconnect and then cancels the
-    request's task: no task group, no task per chunk. ``on_close`` runs once the
-    response is done, however it ends (also when the body never started, whose own
-    ``finally`` would then not run)."""
+    own), cancelled when the client goes away (``watch_disconnect``): no task group,
+    no task per chunk. ``on_close`` runs once the response is done, however it ends
+    (also when the body never started, whose own ``finally`` would then not run)."""
 
     media_type = "text/event-stream"
 
@@ -109,26 +115,39 @@ class EventStreamResponse(StreamingResponse):
         self._gone = False
         self._done = False
 
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        super().init_headers(headers)
+        self.raw_headers = [_shared(header) for header in self.raw_headers]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
 
-        def disconnected(watch: asyncio.Future[None]) -> None:
-            if not watch.cancelled() and watch.exception() is None and not self._done:
+        def disconnected() -> None:
+            if not self._done:
                 self._gone = True
                 task.cancel()
 
-        watch = asyncio.ensure_future(_until_disconnect(receive))
-        watch.add_done_callback(disconnected)
+        unwatch = watch_disconnect(scope, receive, disconnected)
         try:
-            await self._stream(send)
+            start = {"type": "http.response.start", "status": self.status_code}
+            await send({**start, "headers": self.raw_headers})
+            async for chunk in self.body_iterator:
+                body = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # many streams end on one terminal event: let every one of them write it
+            # before any of them tears its request down (access log, budgets)
+            await asyncio.sleep(0)
+        except OSError:
+            pass  # the client went away while we wrote
         except asyncio.CancelledError:
             if not self._gone:
                 raise
             task.uncancel()  # our own cancellation: the client went away
         finally:
             self._done = True
-            watch.cancel()
+            unwatch()
             try:
                 close = getattr(self.body_iterator, "aclose", None)
                 if close is not None:
@@ -137,26 +156,29 @@ class EventStreamResponse(StreamingResponse):
                 if self.on_close is not None:
                     self.on_close()
 
-    async def _stream(self, send: Send) -> None:
-        start = {"type": "http.response.start", "status": self.status_code}
-        await send({**start, "headers": self.raw_headers})
-        try:
-            async for chunk in self.body_iterator:
-                body = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            return  # the client went away while we wrote
-        # many streams end on one terminal event: let every one of them write it
-        # before any of them tears its request down (access log, budgets)
-        await asyncio.sleep(0)
+
+def watch_disconnect(
+    scope: Scope, receive: Receive, callback: Callable[[], None]
+) -> Callable[[], object]:
+    """Call ``callback`` once when the client goes away; returns what stops the watch.
+
+    Under our httptools protocol its ``connection_lost`` calls back (nothing held per
+    request but the callback); elsewhere (h11, test transports) one small task reads
+    ``receive`` until ``http.disconnect`` (a failing ``receive`` counts as gone)."""
+    watch = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+    if watch is not None:
+        unwatch: Callable[[], object] = watch(callback)
+        return unwatch
+    task = asyncio.ensure_future(_until_disconnect(receive))
+    task.add_done_callback(functools.partial(_ended, callback))
+    return task.cancel
 
 
-def _gone(watch: asyncio.Future[None], sub: Subscription) -> None:
-    """A long-poll's client went away (or its receive failed: the same to us)."""
-    if not watch.cancelled():
-        watch.exception()  # retrieved: never logged as unhandled
-    sub.close()
+def _ended(callback: Callable[[], None], task: asyncio.Future[None]) -> None:
+    if task.cancelled():
+        return
+    task.exception()  # retrieved: never logged as unhandled
+    callback()
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -272,42 +294,28 @@ async def wait_for_job(
     The wait holds one of the user's places (``TooManyRequests`` when all are taken).
     """
     slot = watcher.acquire(user, "longpoll")
-    try:
-        return await _wait(watcher, request, user, job_id, mode, timeout, since, state)
+    try:  # one frame for the whole wait: ten thousand are held at once
+        started = time.monotonic()
+        view = await watcher.view(user, job_id)
+        if mode == "change" and since is None and state is None:
+            since = view.seq
+        if (result := _satisfied(view, mode, since, state)) is not None:
+            return view, result
+        sub = watcher.subscribe(user, [job_id], "longpoll")
+        # the client going away ends the wait (no task per wake-up)
+        unwatch = watch_disconnect(request.scope, request.receive, sub.close)
+        try:
+            while True:
+                view = watcher.current(user, job_id) or view
+                if (result := _satisfied(view, mode, since, state)) is not None:
+                    return view, result
+                remaining = timeout - (time.monotonic() - started)
+                if remaining <= 0 or sub.closed:
+                    return view, "timeout"
+                await sub.wait(remaining)
+                sub.take()  # the view holds the state; the events only wake us
+        finally:
+            unwatch()
+            watcher.unsubscribe(sub)
     finally:
         slot.release()
-
-
-async def _wait(
-    watcher: JobWatcher,
-    request: Request,
-    user: str,
-    job_id: str,
-    mode: WaitMode,
-    timeout: float,
-    since: int | None,
-    state: str | None,
-) -> tuple[JobView, WaitResult]:
-    started = time.monotonic()
-    view = await watcher.view(user, job_id)
-    if mode == "change" and since is None and state is None:
-        since = view.seq
-    if (result := _satisfied(view, mode, since, state)) is not None:
-        return view, result
-    sub = watcher.subscribe(user, [job_id], "longpoll")
-    # the client going away ends the wait (one small task, no task per wake-up)
-    gone = asyncio.ensure_future(_until_disconnect(request.receive))
-    gone.add_done_callback(lambda watch: _gone(watch, sub))
-    try:
-        while True:
-            view = watcher.current(user, job_id) or view
-            if (result := _satisfied(view, mode, since, state)) is not None:
-                return view, result
-            remaining = timeout - (time.monotonic() - started)
-            if remaining <= 0 or sub.closed:
-                return view, "timeout"
-            await sub.wait(remaining)
-            sub.take()  # the view holds the state; the events only wake us
-    finally:
-        gone.cancel()
-        watcher.unsubscribe(sub)

@@ -21,8 +21,11 @@ to the route's dependencies and endpoint (directive checks, idempotency, the
 watcher stay in there). A body that does not validate is handed to FastAPI as
 read, so its 422 is FastAPI's own.
 
+The long-lived forms, an SSE job stream and a ``waitFor`` long-poll, are served by
+``hotpath_events`` (shared helpers: ``hotpath_shared``).
+
 Anything it does not recognise goes to FastAPI unchanged: another method or path,
-an unknown, repeated or unusual query parameter (``waitFor``, a boolean spelt
+an unknown, repeated or unusual query parameter (a boolean spelt
 other than ``true``/``false``/``1``/``0``/blank, a missing or empty ``path``). At
 start it checks that each route still has exactly the dependencies and query
 parameters it expects; a route that changed is left to FastAPI (and logged), so a
@@ -39,8 +42,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, params
 from fastapi.datastructures import DefaultPlaceholder
-from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute, serialize_response
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette._utils import get_route_path
 from starlette.datastructures import QueryParams
@@ -49,6 +51,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hpcgate.api import dependencies
+from hpcgate.api import hotpath_shared as shared
+from hpcgate.api.hotpath_events import LeanStream, lean_streams
 from hpcgate.api.routers import compute, filesystem
 from hpcgate.compute.scheduler.models import JobSubmitRequest
 
@@ -103,19 +107,11 @@ class _Spec:
     optional: frozenset[str]  # query aliases the route has that the lean path leaves to FastAPI
 
 
-_SYSTEM: frozenset[Any] = frozenset(
-    {
-        dependencies._services,
-        dependencies._bearer,
-        dependencies.authenticated,
-        dependencies.system_context,
-    }
-)
 _SPECS = (
     _Spec(
         compute.get_job,
         _job,
-        _SYSTEM,
+        shared.SYSTEM,
         frozenset(),
         frozenset(),
         frozenset({"waitFor", "timeout", "since", "state"}),
@@ -123,7 +119,7 @@ _SPECS = (
     _Spec(
         filesystem.stat,
         _stat,
-        _SYSTEM | {dependencies.get_filesystem},
+        shared.SYSTEM | {dependencies.get_filesystem},
         frozenset({"path"}),
         frozenset({"dereference"}),
         frozenset(),
@@ -131,7 +127,7 @@ _SPECS = (
     _Spec(
         filesystem.list_directory,
         _ls,
-        _SYSTEM | {dependencies.get_filesystem},
+        shared.SYSTEM | {dependencies.get_filesystem},
         frozenset({"path"}),
         frozenset({"showHidden", "numericUid", "recursive", "dereference"}),
         frozenset(),
@@ -146,26 +142,17 @@ class _Hot:
     names: dict[str, str]  # query alias -> the endpoint's parameter name
 
 
-def _calls(dependant: Dependant) -> set[Any]:
-    found: set[Any] = set()
-    for sub in dependant.dependencies:
-        found.add(sub.call)
-        found |= _calls(sub)
-    return found
-
-
 def _hot_routes(app: FastAPI) -> list[_Hot]:
     """The routes of ``_SPECS`` whose dependencies and parameters are as expected."""
     hot = []
     for spec in _SPECS:
-        routes = [r for r in app.routes if isinstance(r, APIRoute) and r.endpoint is spec.endpoint]
-        if len(routes) != 1:
+        route = shared.only_route(app, spec.endpoint)
+        if route is None:
             continue
-        route = routes[0]
         dependant = route.dependant
         aliases = {field.alias: field.name for field in dependant.query_params}
         as_expected = (
-            _calls(dependant) == spec.dependencies
+            shared.calls(dependant) == spec.dependencies
             and set(aliases) == spec.texts | spec.bools | spec.optional
             and not dependant.header_params
             and not dependant.cookie_params
@@ -186,15 +173,14 @@ _SUBMIT_PARAMETERS = ("ctx", "body", "response", "idempotency_key", "dry_run")
 
 def _submit_route(app: FastAPI) -> APIRoute | None:
     """The submission route, if its dependencies, parameters and body are as expected."""
-    routes = [r for r in app.routes if isinstance(r, APIRoute) and r.endpoint is compute.submit_job]
-    if len(routes) != 1:
+    route = shared.only_route(app, compute.submit_job)
+    if route is None:
         return None
-    route = routes[0]
     dependant = route.dependant
     body = dependant.body_params
     as_expected = (
         tuple(inspect.signature(compute.submit_job).parameters) == _SUBMIT_PARAMETERS
-        and _calls(dependant) == _SYSTEM
+        and shared.calls(dependant) == shared.SYSTEM
         and [(f.name, f.alias) for f in dependant.query_params] == [("dry_run", "dryRun")]
         and [(f.name, f.alias) for f in dependant.header_params]
         == [("idempotency_key", "Idempotency-Key")]
@@ -292,6 +278,12 @@ class HotPathMiddleware:
         self.api = api
         self._hot: list[_Hot] | None = None
         self._submit: list[APIRoute] | None = None
+        self._streams: list[LeanStream] | None = None
+
+    def _stream_routes(self) -> list[LeanStream]:
+        if self._streams is None:
+            self._streams = lean_streams(self.api)
+        return self._streams
 
     def _routes(self) -> list[_Hot]:
         if self._hot is None:
@@ -304,15 +296,17 @@ class HotPathMiddleware:
             self._submit = [] if route is None else [route]
         return self._submit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """The awaitable that answers: the lean path's, or FastAPI's.
+
+        A plain function, not a coroutine: no frame of this middleware stays alive
+        while an answer (ten thousand open streams) is awaited."""
         if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         state = scope.get("state")
         if not state or "principal" not in state or self.api.dependency_overrides:
             # no services yet, or dependencies replaced (tests): FastAPI decides
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         path = get_route_path(scope)
         if scope["method"] == "POST":
             for route in self._submit_routes():
@@ -323,10 +317,17 @@ class HotPathMiddleware:
                 if not lean:
                     break
                 scope["route"] = route
-                await self._submit_job(route, match.groupdict(), key, scope, receive, send)
-                return
-            await self.app(scope, receive, send)
-            return
+                return self._submit_job(route, match.groupdict(), key, scope, receive, send)
+            return self.app(scope, receive, send)
+        for stream in self._stream_routes():
+            match = stream.route.path_regex.match(path)
+            if match is None:
+                continue
+            arguments = stream.arguments(scope)
+            if arguments is None:
+                break  # the plain job GET (below), or FastAPI
+            scope["route"] = stream.route
+            return stream.serve(self.api, match.groupdict(), arguments, scope, receive, send)
         for hot in self._routes():
             match = hot.route.path_regex.match(path)
             if match is None:
@@ -335,9 +336,8 @@ class HotPathMiddleware:
             if query is None:
                 break
             scope["route"] = hot.route
-            await self._serve(hot, match.groupdict(), query, scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+            return self._serve(hot, match.groupdict(), query, scope, receive, send)
+        return self.app(scope, receive, send)
 
     async def _serve(
         self,
@@ -394,69 +394,18 @@ class HotPathMiddleware:
         job: JobSubmitRequest,
         key: str | None,
     ) -> Response:
-        services = dependencies.get_services(request)
-        principal = await dependencies.authenticated(request, services, None)
-        ctx = await dependencies.system_context(params["system_name"], request, principal, services)
-        sub = _sub_response()
+        ctx = await shared.system_context(request, params["system_name"])
+        sub = shared.sub_response()
         result = await compute.submit_job(ctx, job, sub, idempotency_key=key, dry_run=False)
-        return await _respond(route, result, sub)
+        return await shared.respond(route, result, sub)
 
     async def _error(self, request: Request, exc: Exception) -> Response:
-        handler = _handler(self.api, exc)
-        if handler is None:
-            raise exc  # to the server error middleware, as from FastAPI
-        answer = handler(request, exc)
-        response: Response = await answer if inspect.isawaitable(answer) else answer
-        return response
+        return await shared.error_response(self.api, request, exc)
 
     async def _answer(
         self, hot: _Hot, request: Request, params: dict[str, str], query: dict[str, Any]
     ) -> Response:
-        services = dependencies.get_services(request)
-        principal = await dependencies.authenticated(request, services, None)
-        ctx = await dependencies.system_context(params["system_name"], request, principal, services)
-        sub = _sub_response()
+        ctx = await shared.system_context(request, params["system_name"])
+        sub = shared.sub_response()
         result = await hot.spec.handler(request, ctx, params, query, sub)
-        return await _respond(hot.route, result, sub)
-
-
-def _sub_response() -> Response:
-    """As FastAPI's sub-response: the headers and status the endpoint sets."""
-    sub = Response()
-    del sub.headers["content-length"]
-    sub.status_code = None  # type: ignore[assignment]
-    return sub
-
-
-async def _respond(route: APIRoute, result: Any, sub: Response) -> Response:
-    """The endpoint's result as FastAPI answers it: the route's response field."""
-    if isinstance(result, Response):
-        return result
-    content = await serialize_response(
-        field=route.response_field,
-        response_content=result,
-        include=route.response_model_include,
-        exclude=route.response_model_exclude,
-        by_alias=route.response_model_by_alias,
-        exclude_unset=route.response_model_exclude_unset,
-        exclude_defaults=route.response_model_exclude_defaults,
-        exclude_none=route.response_model_exclude_none,
-        dump_json=True,
-    )
-    status = sub.status_code or route.status_code or 200
-    response = Response(content=content, media_type="application/json", status_code=status)
-    response.headers.raw.extend(sub.headers.raw)
-    return response
-
-
-def _handler(app: FastAPI, exc: Exception) -> Callable[..., Any] | None:
-    """The application's handler of ``exc``, as Starlette's exception middleware
-    finds it (the ``Exception`` handler belongs to the server error middleware)."""
-    handlers = app.exception_handlers
-    for cls in type(exc).__mro__:
-        if cls is Exception:
-            return None
-        if cls in handlers:
-            handler: Callable[..., Any] = handlers[cls]
-            return handler
-    return None
+        return await shared.respond(hot.route, result, sub)

@@ -105,7 +105,16 @@ class Subscription:
     ``QUEUE_LIMIT`` events wait; past that ``overflowed`` is set and further events
     are dropped (the consumer should end and resume)."""
 
-    __slots__ = ("_pending", "_waiter", "closed", "kind", "overflowed", "user", "view_ids")
+    __slots__ = (
+        "_pending",
+        "_timer",
+        "_waiter",
+        "closed",
+        "kind",
+        "overflowed",
+        "user",
+        "view_ids",
+    )
 
     def __init__(self, user: str, view_ids: frozenset[str] | None, kind: str) -> None:
         self.user = user
@@ -115,6 +124,7 @@ class Subscription:
         self.closed = False
         self._pending: list[tuple[str, JobEvent]] = []
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def deliver(self, view_id: str, event: JobEvent) -> None:
         """Queue ``event`` and wake the consumer; never blocks, never awaits."""
@@ -138,18 +148,26 @@ class Subscription:
         pending, self._pending = self._pending, []
         return pending
 
-    async def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> asyncio.Future[None]:
         """Until an event is pending, the subscription is closed or overflowed, or
-        ``timeout`` seconds have passed (one future and one timer, no task)."""
-        if self._pending or self.closed or self.overflowed:
-            return
+        ``timeout`` seconds have passed: a future to await (and one timer), no task
+        and no coroutine frame of its own."""
         loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
+        waiter: asyncio.Future[None] = loop.create_future()
+        if self._pending or self.closed or self.overflowed:
+            waiter.set_result(None)
+            return waiter
+        self._waiter = waiter
+        self._timer = loop.call_later(timeout, _wake, waiter)
+        waiter.add_done_callback(self._waited)
+        return waiter
+
+    def _waited(self, waiter: asyncio.Future[None]) -> None:
+        """The wait ended (an event, the timeout, or its awaiting task cancelled)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._waiter is waiter:
             self._waiter = None
 
     @property
