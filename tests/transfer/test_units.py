@@ -7,6 +7,7 @@ import hashlib
 import os
 import stat
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncssh
@@ -17,7 +18,7 @@ from hpcgate.errors import BadRequest, Forbidden, PayloadTooLarge, TooManyReques
 from hpcgate.filesystem.identity import FileIdentity
 from hpcgate.filesystem.staging import Staged
 from hpcgate.transfer import s3xml, scripts
-from hpcgate.transfer.multipart import RangeNotSatisfiable, parse_range
+from hpcgate.transfer.multipart import RangeNotSatisfiable, _hashed, parse_range
 from hpcgate.transfer.resumable import parse_metadata, target_and_digest
 from hpcgate.transfer.service import part_size_for
 from hpcgate.transfer.sha256state import ResumableSha256
@@ -166,6 +167,28 @@ def test_multipart_etag_like_s3() -> None:
     parts = [hashlib.md5(b"a").hexdigest(), hashlib.md5(b"b").hexdigest()]
     joined = hashlib.md5(bytes.fromhex(parts[0]) + bytes.fromhex(parts[1])).hexdigest()
     assert s3xml.multipart_etag(parts) == f'"{joined}-2"'
+
+
+async def test_part_md5_over_batches_of_uneven_chunks() -> None:
+    """The ETag's MD5 is the body's, whatever the chunking; batches are hashed whole."""
+    body = os.urandom(3 * 1024 * 1024 + 12345)
+    sizes = [1, 65536, 70001, 4096, 1 << 20]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        at = index = 0
+        while at < len(body):
+            size = sizes[index % len(sizes)]
+            yield body[at : at + size]
+            at, index = at + size, index + 1
+
+    digest = hashlib.md5(usedforsecurity=False)
+    passed = b"".join([chunk async for chunk in _hashed(chunks(), digest, len(body), 1)])
+    assert passed == body
+    assert digest.hexdigest() == hashlib.md5(body).hexdigest()
+    with pytest.raises(BadRequest, match="longer than"):
+        longer = hashlib.md5(usedforsecurity=False)
+        async for _ in _hashed(chunks(), longer, len(body) - 1, 1):
+            pass
 
 
 def test_ranges() -> None:
