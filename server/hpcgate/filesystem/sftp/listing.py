@@ -149,25 +149,49 @@ class ListingOps(SftpSession):
         dereference: bool = False,
     ) -> list[File]:
         path = self._check(path)
+        top = raw_path(path)
         async with self._session() as sftp:
-            attrs = await self._lstat(sftp, path)
-            if is_link(attrs) and dereference:
-                attrs = await self._followed(sftp, path, attrs)
-            if not is_dir(attrs):
-                return await self._entries(
-                    sftp,
-                    [(path, raw_path(path), attrs, None)],
-                    numeric_uid=numeric_uid,
-                    dereference=False,
+            # the directory is read while its lstat is in flight (one round trip, not
+            # two); the read is used only if the lstat says ``path`` is a directory
+            unused = asyncio.Event()
+            listing = asyncio.ensure_future(
+                self._read_directory(
+                    sftp, top, "", show_hidden, self.limits.max_listing_entries, unused
                 )
-            return await self._list_tree(
-                sftp,
-                raw_path(path),
-                show_hidden=show_hidden,
-                numeric_uid=numeric_uid,
-                recursive=recursive,
-                dereference=dereference,
             )
+            listing.add_done_callback(_retrieved)
+            try:
+                attrs = await self._lstat(sftp, path)
+                if is_dir(attrs):
+                    return await self._list_tree(
+                        sftp,
+                        top,
+                        show_hidden=show_hidden,
+                        numeric_uid=numeric_uid,
+                        recursive=recursive,
+                        dereference=dereference,
+                        first=await listing,
+                    )
+                unused.set()
+                if is_link(attrs) and dereference:
+                    attrs = await self._followed(sftp, path, attrs)
+                if not is_dir(attrs):
+                    return await self._entries(
+                        sftp,
+                        [(path, top, attrs, None)],
+                        numeric_uid=numeric_uid,
+                        dereference=False,
+                    )
+                return await self._list_tree(
+                    sftp,
+                    top,
+                    show_hidden=show_hidden,
+                    numeric_uid=numeric_uid,
+                    recursive=recursive,
+                    dereference=dereference,
+                )
+            finally:
+                await _settled(listing, unused)
 
     async def _list_tree(
         self,
@@ -178,13 +202,15 @@ class ListingOps(SftpSession):
         numeric_uid: bool,
         recursive: bool,
         dereference: bool,
+        first: list[Row] | None = None,
     ) -> list[File]:
         """``top``'s entries, then (recursive) each subdirectory's, in ``ls -R`` order.
 
-        Bounded: at most ``max_listing_entries`` entries in all and (recursive)
-        ``max_recursion_depth`` levels below ``top``; past either, 400 naming the
-        setting. Iterative, so no depth reaches Python's recursion limit; symlinks
-        to directories are listed, never descended into.
+        ``first``: ``top``'s rows, when already read. Bounded: at most
+        ``max_listing_entries`` entries in all and (recursive) ``max_recursion_depth``
+        levels below ``top``; past either, 400 naming the setting. Iterative, so no
+        depth reaches Python's recursion limit; symlinks to directories are listed,
+        never descended into.
         """
         files: list[File] = []
         pending: list[tuple[bytes, str, int]] = [(top, "", 0)]  # a stack: next on top
@@ -195,9 +221,16 @@ class ListingOps(SftpSession):
                     f"The directory tree is deeper than filesystem_limits.max_recursion_depth "
                     f"({self.limits.max_recursion_depth} levels): {shown(prefix)}"
                 )
-            rows = await self._read_directory(
-                sftp, directory, prefix, show_hidden, self.limits.max_listing_entries - len(files)
-            )
+            if first is not None:
+                rows, first = first, None
+            else:
+                rows = await self._read_directory(
+                    sftp,
+                    directory,
+                    prefix,
+                    show_hidden,
+                    self.limits.max_listing_entries - len(files),
+                )
             listed = await self._entries(
                 sftp, rows, numeric_uid=numeric_uid, dereference=dereference
             )
@@ -218,13 +251,21 @@ class ListingOps(SftpSession):
         prefix: str,
         show_hidden: bool,
         room: int,
+        unused: asyncio.Event | None = None,
     ) -> list[Row]:
-        """The rows of one directory, sorted; 400 once more than ``room`` are read."""
+        """The rows of one directory, sorted; 400 once more than ``room`` are read.
+
+        Once ``unused`` is set the read stops (its handle closed) and what it
+        returns is incomplete: only for a read nobody will use.
+        """
         rows: list[Row] = []
+        parent = directory.rstrip(b"/") + b"/"
         with sftp_errors(_shown_raw(directory)):
             scan = cast(AsyncGenerator[asyncssh.SFTPName, None], sftp.scandir(directory))
             async with contextlib.aclosing(scan) as entries:
                 async for entry in entries:
+                    if unused is not None and unused.is_set():
+                        break
                     raw = entry.filename
                     assert isinstance(raw, bytes)
                     if raw in (b".", b"..") or (raw.startswith(b".") and not show_hidden):
@@ -240,9 +281,7 @@ class ListingOps(SftpSession):
                         if isinstance(longname, bytes)
                         else longname
                     )
-                    rows.append(
-                        (prefix + _shown_raw(raw), _child(directory, raw), entry.attrs, text)
-                    )
+                    rows.append((prefix + _shown_raw(raw), parent + raw, entry.attrs, text))
         rows.sort(key=lambda row: row[1])
         return rows
 
@@ -292,12 +331,35 @@ class ListingOps(SftpSession):
         return target
 
 
+async def _settled(listing: asyncio.Future[list[Row]], unused: asyncio.Event) -> None:
+    """Wait for ``listing`` to finish; an unused one stops at its next entry.
+
+    It is not cancelled, unless this operation is (its timeout, the client gone), as
+    any SFTP call is then: an opendir cancelled in flight would leave its handle
+    open on the cluster for the life of the session.
+    """
+    unused.set()
+    if listing.done():
+        return
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        listing.cancel()
+        return
+    try:
+        await asyncio.wait([listing])
+    except asyncio.CancelledError:
+        listing.cancel()
+        raise
+
+
+def _retrieved(task: asyncio.Future[list[Row]]) -> None:
+    """An unused read's error is not logged as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 def raw_path(path: str) -> bytes:
     return path.encode("utf-8")
-
-
-def _child(directory: bytes, name: bytes) -> bytes:
-    return directory.rstrip(b"/") + b"/" + name
 
 
 def _shown_raw(path: bytes) -> str:
