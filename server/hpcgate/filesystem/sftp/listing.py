@@ -162,26 +162,20 @@ class ListingOps(SftpSession):
             listing.add_done_callback(_retrieved)
             try:
                 attrs = await self._lstat(sftp, path)
+                first: list[Row] | None = None
                 if is_dir(attrs):
-                    return await self._list_tree(
-                        sftp,
-                        top,
-                        show_hidden=show_hidden,
-                        numeric_uid=numeric_uid,
-                        recursive=recursive,
-                        dereference=dereference,
-                        first=await listing,
-                    )
-                unused.set()
-                if is_link(attrs) and dereference:
-                    attrs = await self._followed(sftp, path, attrs)
-                if not is_dir(attrs):
-                    return await self._entries(
-                        sftp,
-                        [(path, top, attrs, None)],
-                        numeric_uid=numeric_uid,
-                        dereference=False,
-                    )
+                    first = await listing
+                else:
+                    unused.set()
+                    if is_link(attrs) and dereference:
+                        attrs = await self._followed(sftp, path, attrs)
+                    if not is_dir(attrs):
+                        return await self._entries(
+                            sftp,
+                            [(path, top, attrs, None)],
+                            numeric_uid=numeric_uid,
+                            dereference=False,
+                        )
                 return await self._list_tree(
                     sftp,
                     top,
@@ -189,6 +183,7 @@ class ListingOps(SftpSession):
                     numeric_uid=numeric_uid,
                     recursive=recursive,
                     dereference=dereference,
+                    first=first,
                 )
             finally:
                 await _settled(listing, unused)
