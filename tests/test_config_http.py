@@ -131,3 +131,27 @@ def test_check_config_names_the_field(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "http.max_headers" in result.stderr
+
+
+def test_worker_settings_split_every_per_user_budget(tmp_path: Path) -> None:
+    """Several workers never allow a user more than configured: each gets 1/N (at
+    least 1) of the rate limit, the subscriber caps and the open streamed transfers."""
+    from hpcgate.api.serving import worker_settings
+
+    system = {
+        **BASE["systems"][0],
+        "watcher": {"max_subscribers": 1000, "max_subscribers_per_user": 100},
+        "filesystem_limits": {"max_streams_per_user": 16},
+    }
+    settings = load(
+        tmp_path, rate_limit={"requests_per_second": 50, "burst": 100}, systems=[system]
+    )
+    split = worker_settings(settings, 3)
+    assert split.rate_limit.requests_per_second == pytest.approx(50 / 3)
+    assert split.rate_limit.burst == 33
+    (cluster,) = split.systems
+    assert cluster.watcher.max_subscribers == 333
+    assert cluster.watcher.max_subscribers_per_user == 33
+    assert cluster.filesystem_limits.max_streams_per_user == 5
+    tiny = worker_settings(settings.model_copy(), 64)
+    assert tiny.systems[0].filesystem_limits.max_streams_per_user == 1

@@ -22,8 +22,10 @@ store (``idempotency.backend: redis``) and ``transfer.signing_key``.
 
 Per-user budgets that are about fairness are split between the workers so that
 they are never looser than configured: each worker allows ``1/N`` of
-``rate_limit`` (rate and burst) and of the watcher's subscriber caps. (A user whose
-connections all land on one worker gets less, never more.) Memory bounds
+``rate_limit`` (rate and burst), of the watcher's subscriber caps and of
+``filesystem_limits.max_streams_per_user`` (a user's open streamed transfers: a
+bound on memory, but one a user would otherwise multiply by N). (A user whose
+connections all land on one worker gets less, never more.) The other memory bounds
 (output caps, caches) stay per process, as before.
 """
 
@@ -122,6 +124,7 @@ def worker_settings(settings: Settings, workers: int) -> Settings:
     systems = []
     for system in settings.systems:
         watcher = system.watcher
+        streams = system.filesystem_limits.max_streams_per_user
         systems.append(
             system.model_copy(
                 update={
@@ -132,7 +135,10 @@ def worker_settings(settings: Settings, workers: int) -> Settings:
                                 1, watcher.max_subscribers_per_user // workers
                             ),
                         }
-                    )
+                    ),
+                    "filesystem_limits": system.filesystem_limits.model_copy(
+                        update={"max_streams_per_user": max(1, streams // workers)}
+                    ),
                 }
             )
         )

@@ -59,6 +59,14 @@ class FilesystemLimits(Model):
         le=10_000_000,
         description="most entries one listing (ls, ls -R) returns; 400 naming this field past it",
     )
+    max_streams_per_user: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="streamed reads and writes (downloads, uploads, parts) one user may "
+        "have open at once on a system, each holding up to 4 MiB; 429 naming this field "
+        "over it (split between workers)",
+    )
 
 
 class TransferSettings(Model):

@@ -192,11 +192,16 @@ class ReadingOps(SftpSession):
         length: int | None = None,
         bound: FileIdentity | None = None,
     ) -> ReadStream:
-        """``bound``: only the file ``identify`` saw (409 for another one at ``path``)."""
+        """``bound``: only the file ``identify`` saw (409 for another one at ``path``).
+
+        The stream holds one of the user's stream slots (``StreamQuota``: 429 when none
+        is free) until it is closed, iterated to the end or not.
+        """
         path = self._check(path)
         if offset < 0 or (length is not None and length < 0):
             raise BadRequest("The range to read must not be negative")
         stack = AsyncExitStack()
+        stack.enter_context(self._streams.hold(self._username))
         try:
             sftp = await stack.enter_async_context(
                 self._pool.sftp(self._system.name, self._username)

@@ -49,6 +49,7 @@ class SftpSession(Filesystem):
         self.policy = state.policy
         self._guard = state.guard
         self._names = state.names(username)
+        self._streams = state.streams
         self.limits = limits or system.filesystem_limits
         self._timeout = system.ssh.command_timeout
 

@@ -7,13 +7,15 @@ from collections import OrderedDict
 from hpcgate.config import SystemSettings
 from hpcgate.filesystem.names import IdNames
 from hpcgate.filesystem.paths import PathPolicy, WriteGuard
+from hpcgate.filesystem.sftp.quota import StreamQuota
 
 _MAX_USERS = 4096
 
 
 class SystemState:
     """What one system's filesystem requests share: the path policy (configuration),
-    the write guard and, per user, what was learned through that user's own sessions.
+    the write guard, the per-user count of open streamed transfers (``streams``) and,
+    per user, what was learned through that user's own sessions.
 
     One per configured system, owned by ``hpcgate.services.Services`` (which lives as
     long as the application), never hidden in a module-level cache.
@@ -28,6 +30,7 @@ class SystemState:
         self.system = system
         self.policy = PathPolicy(system.name, (fs.path for fs in system.filesystems))
         self.guard = WriteGuard(self.policy)
+        self.streams = StreamQuota(system.filesystem_limits.max_streams_per_user)
         self._names: OrderedDict[str, IdNames] = OrderedDict()
 
     def names(self, username: str) -> IdNames:

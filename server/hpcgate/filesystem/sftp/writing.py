@@ -7,6 +7,7 @@ import contextlib
 import posixpath
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncssh
 
@@ -57,7 +58,7 @@ class WritingOps(SftpSession):
         if offset != 0 or not truncate:
             raise BadRequest("Only whole files are written: an upload replaces the file")
         limit = self.limits.max_ops_file_size if max_size is None else max_size
-        async with self._pool.sftp(self._system.name, self._username) as sftp:
+        async with self._streamed_sftp() as sftp:
             try:
                 async with asyncio.timeout(self._timeout):
                     staged, handle = await self._open_for_write(sftp, path)
@@ -77,6 +78,14 @@ class WritingOps(SftpSession):
                     raise RequestTimeout("Writing to the cluster timed out") from None
                 raise
         return written
+
+    @asynccontextmanager
+    async def _streamed_sftp(self) -> AsyncIterator[asyncssh.SFTPClient]:
+        """The user's SFTP session for one streamed write, holding one of the user's
+        stream slots throughout (``StreamQuota``: 429 before opening when none is free)."""
+        with self._streams.hold(self._username):
+            async with self._pool.sftp(self._system.name, self._username) as sftp:
+                yield sftp
 
     async def _open_for_write(
         self, sftp: asyncssh.SFTPClient, path: str
@@ -102,7 +111,7 @@ class WritingOps(SftpSession):
         offset)`` runs as acknowledged bytes add up to 4 MiB (at least ``chunk_size``), in order.
         """
         shown_path = staged.directory
-        async with self._pool.sftp(self._system.name, self._username) as sftp:
+        async with self._streamed_sftp() as sftp:
             try:
                 async with asyncio.timeout(self._timeout):
                     handle = await staging.reopen(sftp, staged)
