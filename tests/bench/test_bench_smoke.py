@@ -65,10 +65,14 @@ def test_workers_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
     output = tmp_path / "workers.md"
     # wrk: scripts/install-wrk (scripts/test runs it)
     run("bench/workers_bench.py", "--smoke", "--loadgen", "wrk", "--output", str(output))
-    rows = [line for line in output.read_text().splitlines() if line.startswith("| GET")]
-    assert len(rows) == 2
-    for row in rows:
+    lines = [line for line in output.read_text().splitlines() if line.startswith("| GET")]
+    rates = [line for line in lines if line.count("|") == 15]  # 14 columns
+    cores = [line for line in lines if line.count("|") == 9]  # where the cores went
+    assert len(rates) == 2 and len(cores) == 4, lines
+    for row in rates:
         assert row.split("|")[-3].strip() == "0", row  # no errors
+    for row in cores:
+        assert float(row.split("|")[4]) > 0, row  # the server's share of the cores
 
 
 def test_submit_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
