@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shlex
 import sys
 import tempfile
@@ -30,16 +29,12 @@ import asyncssh
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.loadgen import Result, format_row, run_load, summarise
+from bench.procstat import cpu_seconds
 from tests.server import start_server
 from tests.site import ensure_site_up
 
 BENCH_JOB_NAME = "hpcgate-bench"
 SCRIPT = "#!/bin/bash\ntrue\n"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def ssh_floor(

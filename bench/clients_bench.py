@@ -52,6 +52,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.procstat import cpu_seconds, rss_kb
 from bench.serving import Served, free_port, start_hpcgate
 from hpcgate.cli import local_site_config
 from tests.site import ensure_site_up
@@ -60,18 +61,6 @@ OPEN_BATCH = 250  # clients started at once
 OPEN_AHEAD = 1000  # started but not yet counted by the server, at most (listen backlog)
 READY_LIMIT_S = 240.0
 HOLD_TIMEOUT_S = 300  # the long-polls' timeout (max_wait_seconds)
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raise_nofile() -> int:

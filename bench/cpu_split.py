@@ -16,38 +16,10 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-_TICK = os.sysconf("SC_CLK_TCK")
+from bench.procstat import cpu_seconds_if_alive, idle_seconds, tree_cpu_seconds, tree_pids
+
 _PIDS = re.compile(r"pid=(\d+)")
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-
-
-def tree_pids(pid: int) -> set[int]:
-    """``pid`` and its live descendants."""
-    found: set[int] = set()
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        if current not in found:
-            found.add(current)
-            pending.extend(_children(current))
-    return found
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def ssh_sessions(server_pid: int, ssh_port: int) -> set[int]:
@@ -72,12 +44,6 @@ def ssh_sessions(server_pid: int, ssh_port: int) -> set[int]:
             for pid in pids:
                 sessions |= tree_pids(pid)
     return sessions
-
-
-def idle_seconds() -> float:
-    """All cores' idle + iowait seconds since boot (``/proc/stat``)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    return (int(fields[4]) + int(fields[5])) / _TICK
 
 
 @dataclass
@@ -109,17 +75,17 @@ class CpuSplit:
         self._server = server_pid
         self._port = ssh_port
         self._sessions = ssh_sessions(server_pid, ssh_port)
-        self._before = {pid: cpu_seconds(pid) for pid in self._sessions}
-        self._tree = sum(cpu_seconds(pid) for pid in tree_pids(server_pid))
+        self._before = {pid: cpu_seconds_if_alive(pid) for pid in self._sessions}
+        self._tree = tree_cpu_seconds(server_pid)
         self._idle = idle_seconds()
         self._start = time.monotonic()
 
     def done(self) -> Split:
         elapsed = time.monotonic() - self._start
         idle = idle_seconds() - self._idle
-        tree = sum(cpu_seconds(pid) for pid in tree_pids(self._server)) - self._tree
+        tree = tree_cpu_seconds(self._server) - self._tree
         sessions = self._sessions | ssh_sessions(self._server, self._port)
-        sshd = sum(cpu_seconds(pid) - self._before.get(pid, 0.0) for pid in sessions)
+        sshd = sum(cpu_seconds_if_alive(pid) - self._before.get(pid, 0.0) for pid in sessions)
         return Split(
             server=tree / elapsed * 100,
             sshd=sshd / elapsed * 100,

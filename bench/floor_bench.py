@@ -41,26 +41,11 @@ import asyncssh
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.loadgen import BACKENDS, Result, default_backend, format_row, run_load, use_backend
+from bench.procstat import tree_cpu_seconds
 from bench.serving import Served, shared_store, start_floor, start_hpcgate, start_redis
 from tests.site import SiteEnv, ensure_site_up
 
 JOB_NAME = "hpcgate-floor-bench"
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its live child processes."""
-    total = 0.0
-    pids = [pid]
-    while pids:
-        current = pids.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        pids.extend(int(child) for child in children)
-    return total
 
 
 def load_average() -> float:

@@ -50,8 +50,8 @@ import asyncssh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.api_bench import cpu_seconds
 from bench.loadgen import Result, format_row, run_load, summarise
+from bench.procstat import cpu_seconds
 from hpcgate.config import SshSettings
 from tests.server import ApiServer, start_server
 from tests.site import SiteEnv, ensure_site_up

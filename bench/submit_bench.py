@@ -38,7 +38,8 @@ import asyncssh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.floor_bench import load_average, quiet, tree_cpu_seconds
+from bench.floor_bench import load_average, quiet
+from bench.procstat import tree_cpu_seconds
 from bench.profile_server import summarise
 from bench.serving import start_hpcgate
 from tests.events.helpers import metric_values
