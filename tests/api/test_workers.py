@@ -107,22 +107,31 @@ def serve(config: Path, workdir: Path, workers: int) -> Workers:
     raise AssertionError(f"the workers did not start:\n{log_path.read_text()}")
 
 
-def owner(connection: http.client.HTTPConnection, port: int) -> int:
-    """The pid of the server process holding ``connection`` (from ``ss``)."""
+def owner(connection: http.client.HTTPConnection, port: int, *, wait: float = 2.0) -> int | None:
+    """The pid of the server process holding ``connection`` (from ``ss``).
+
+    A connection the kernel has established but no worker has accepted yet shows no
+    pid: asked again until one does, None after ``wait`` s (it sits in the queue of a
+    socket whose worker died)."""
     assert connection.sock is not None
     local = connection.sock.getsockname()[1]
-    listing = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for line in listing.splitlines():
-        if re.search(rf":{local}\s", line + " "):
-            found = re.search(r"pid=(\d+)", line)
-            assert found is not None, line
+    deadline = time.monotonic() + wait
+    while True:
+        listing = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        lines = [line for line in listing.splitlines() if re.search(rf":{local}\s", line + " ")]
+        if not lines:
+            raise AssertionError(f"no server side of local port {local} in:\n{listing}")
+        found = re.search(r"pid=(\d+)", lines[0])
+        if found is not None:
             return int(found.group(1))
-    raise AssertionError(f"no server side of local port {local} in:\n{listing}")
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
 
 
 def pinned(server: Workers) -> dict[int, http.client.HTTPConnection]:
@@ -133,7 +142,7 @@ def pinned(server: Workers) -> dict[int, http.client.HTTPConnection]:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
         connection.connect()
         pid = owner(connection, server.port)
-        if pid in found:
+        if pid is None or pid in found:
             connection.close()
         else:
             found[pid] = connection
