@@ -8,18 +8,16 @@ between the HTTP connection and the cluster file a chunk at a time.
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import AliasChoices, BeforeValidator, Field
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from hpcgate.api.dependencies import FilesystemDep
 from hpcgate.api.edge import MULTIPART_OVERHEAD
 from hpcgate.api.routers.params import QueryBool, QueryInt
+from hpcgate.api.streaming import FileStreamResponse
 from hpcgate.errors import PayloadTooLarge
-from hpcgate.filesystem.base import ReadStream
 from hpcgate.filesystem.models import CompressionType, File, FileChecksum, FileContent, FileStat
 from hpcgate.filesystem.multipart import MultipartFile, boundary_of
 from hpcgate.filesystem.paths import join, validate_filename
@@ -178,28 +176,6 @@ async def stat(fs: FilesystemDep, path: PathQuery, dereference: QueryBool = Fals
     return StatResponse(output=await fs.stat(path, dereference=dereference))
 
 
-class _ReadStreamResponse(StreamingResponse):
-    """Streams a ``ReadStream`` and always closes it, even if the client goes away."""
-
-    def __init__(self, stream: ReadStream, filename: str) -> None:
-        self._stream = stream
-        disposition = "attachment; filename*=UTF-8''" + quote(filename, safe="")
-        super().__init__(
-            stream.__aiter__(),
-            media_type="application/octet-stream",
-            headers={"Content-Length": str(stream.length), "Content-Disposition": disposition},
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            await self._stream.aclose()
-
-
 @router.get(
     "/download",
     response_class=StreamingResponse,
@@ -208,7 +184,7 @@ class _ReadStreamResponse(StreamingResponse):
 async def download(fs: FilesystemDep, path: PathQuery) -> Response:
     """A file's bytes, streamed from the cluster (413 over the direct-transfer cap)."""
     stream = await fs.open_read(path)
-    return _ReadStreamResponse(stream, path.rsplit("/", 1)[-1])
+    return FileStreamResponse(stream, path.rsplit("/", 1)[-1])
 
 
 # -- writing ----------------------------------------------------------------------

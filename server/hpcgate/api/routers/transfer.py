@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, 
 from starlette.requests import ClientDisconnect
 
 from hpcgate.api.dependencies import SystemDep, TransfersDep, get_services
-from hpcgate.api.routers.filesystem import _ReadStreamResponse
+from hpcgate.api.streaming import FileStreamResponse
 from hpcgate.compute.scheduler.models import SlurmName
 from hpcgate.errors import BadRequest, NotFound
 from hpcgate.transfer import multipart, operations, resumable
@@ -201,7 +201,7 @@ async def get_download(
         service, request, transfer_id, Download, "GET", multipart.DOWNLOAD_PATH
     )
     stream, wanted = await multipart.open_download(service, transfer, range_header)
-    response = _ReadStreamResponse(stream, transfer.target.rsplit("/", 1)[-1])
+    response = FileStreamResponse(stream, transfer.target.rsplit("/", 1)[-1])
     response.headers["Accept-Ranges"] = "bytes"
     if wanted is not None:
         offset, length = wanted
