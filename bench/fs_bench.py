@@ -50,6 +50,7 @@ import asyncssh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cpu_split import CpuSplit
 from bench.loadgen import Result, format_row, run_load, summarise
 from bench.procstat import cpu_seconds
 from hpcgate.config import SshSettings
@@ -217,6 +218,8 @@ class TransferRow:
     machine_cpu_s: float | None = None
     #: this process's CPU: the SFTP client of a floor, the HTTP client of an API row
     client_cpu_s: float | None = None
+    #: percent of one core each took over the transfer: server, sshd, client, idle, other
+    cores: dict[str, float] | None = None
 
     @property
     def mb_s(self) -> float:
@@ -560,6 +563,8 @@ async def bench(
                 label: str, call: Callable[[], Awaitable[Any]], *, api: bool = True
             ) -> Any:
                 with Profiler(pid, profile if api else None, label):
+                    # a floor's SSH sessions are those of this process's own connection
+                    split = CpuSplit(pid if api else os.getpid(), site.ssh_port)
                     cpu = cpu_seconds(pid)
                     machine = machine_busy_seconds()
                     client = own_cpu_seconds()
@@ -571,6 +576,9 @@ async def bench(
                     elapsed = time.perf_counter() - started
                     machine = machine_busy_seconds() - machine
                     client = own_cpu_seconds() - client
+                    cores = split.done().with_client(client)
+                    if not api:
+                        cores["server"] = 0.0  # the split counted this process: the client
                 extra = outcome[1] if isinstance(outcome, tuple) else None
                 data_seconds = elapsed - (extra or 0.0)
                 row = TransferRow(
@@ -584,6 +592,7 @@ async def bench(
                     floor_mb_s=floors[-1] if api and floors else None,
                     machine_cpu_s=round(machine, 2) if extra is None else None,
                     client_cpu_s=round(client, 2) if extra is None else None,
+                    cores=cores if extra is None else None,
                 )
                 if not api:
                     floors.append(row.mb_s)
@@ -700,6 +709,20 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {f'{row.machine_s_per_gib:.2f}' if row.machine_s_per_gib is not None else ''} "
             f"| {rss} | {growth} |"
         )
+    lines += [
+        "",
+        "Where the cores went (percent of one core over each transfer; sshd: the SSH",
+        "sessions serving it, with their sftp-server; client: this process):",
+        "",
+        "| transfer | server | sshd | client | idle | other |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in results["transfers"]:
+        if row.cores:
+            shares = " | ".join(
+                f"{row.cores[key]:.0f}" for key in ("server", "sshd", "client", "idle", "other")
+            )
+            lines.append(f"| {row.label} | {shares} |")
     return "\n".join(lines)
 
 

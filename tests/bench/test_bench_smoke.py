@@ -59,6 +59,15 @@ def test_fs_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
     table = output.read_text()
     assert "| GET ops/stat | 1 |" in table
     assert "POST ops/upload" in table
+    # where the cores went: one row per transfer timed as a whole, each share a number
+    cores = table.split("| transfer | server | sshd | client | idle | other |")[1]
+    rows = [line for line in cores.splitlines() if line.startswith("| ") and "---" not in line]
+    assert {row.split("|")[1].strip() for row in rows} >= {
+        "floor: SFTP get (warm session)",
+        "GET ops/download (streamed)",
+    }, rows
+    for row in rows:
+        assert all(float(share) == float(share) for share in row.split("|")[2:7]), row
 
 
 def test_workers_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
