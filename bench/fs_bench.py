@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -576,9 +577,10 @@ async def bench(
                     elapsed = time.perf_counter() - started
                     machine = machine_busy_seconds() - machine
                     client = own_cpu_seconds() - client
-                    cores = split.done().with_client(client)
-                    if not api:
-                        cores["server"] = 0.0  # the split counted this process: the client
+                    taken = split.done()
+                    if not api:  # the split's "server" was this process: the client
+                        taken = dataclasses.replace(taken, server=0.0)
+                    cores = taken.with_client(client)
                 extra = outcome[1] if isinstance(outcome, tuple) else None
                 data_seconds = elapsed - (extra or 0.0)
                 row = TransferRow(
