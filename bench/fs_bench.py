@@ -13,7 +13,10 @@ Through a real `hpcgate serve` process, as hpcuser1:
   the transfer job (submit, wait, log). The server's CPU seconds (and per GiB), its
   RSS before and at its peak (VmRSS sampled every 20 ms), this process's CPU per GiB
   (the floor's SFTP client, the API's HTTP client) and the machine's are reported,
-  each API row beside its floor of the same run ("of floor").
+  each API row beside its floor of the same run ("of floor"); and the download
+  once more with both clients dropping the bytes as they arrive (SFTP ``get`` into
+  ``/dev/null``; ``bench/http_sink.py``, a lean HTTP client), which shows what the
+  server costs apart from what aiohttp and the file writes cost on the same cores.
 
 Every loop is bounded in count and time. Files are checked (SHA-256) after timing.
 ``--profile DIR`` records the server with py-spy during each API transfer (collapsed
@@ -45,6 +48,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import asyncssh
@@ -52,6 +56,7 @@ import asyncssh
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cpu_split import CpuSplit
+from bench.http_sink import download_discarding
 from bench.loadgen import Result, format_row, run_load, summarise
 from bench.procstat import cpu_seconds
 from hpcgate.config import SshSettings
@@ -655,6 +660,20 @@ async def bench(
 
             await timed("transfer/download: job, then GET signed URL", signed_download)
             check_local()
+
+            # the same download with the bytes dropped on arrival at both clients: what
+            # the server costs, apart from what a general-purpose client costs
+            async def lean_download() -> None:
+                query = urlencode({"path": f"{remote}/raw.bin"})
+                url = f"{transfers.fs}/ops/download?{query}"
+                assert await download_discarding(url, headers, TRANSFER_TIMEOUT) == size
+
+            await timed(
+                "floor: SFTP get, bytes dropped (/dev/null)",
+                lambda: sftp.get(f"{remote}/raw.bin", os.devnull),
+                api=False,
+            )
+            await timed("GET ops/download, lean client, bytes dropped", lean_download)
     finally:
         try:
             await sftp.rmtree(remote)

@@ -65,6 +65,8 @@ def test_fs_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
     assert {row.split("|")[1].strip() for row in rows} >= {
         "floor: SFTP get (warm session)",
         "GET ops/download (streamed)",
+        "floor: SFTP get, bytes dropped (/dev/null)",
+        "GET ops/download, lean client, bytes dropped",
     }, rows
     for row in rows:
         assert all(float(share) == float(share) for share in row.split("|")[2:7]), row
