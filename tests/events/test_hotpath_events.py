@@ -12,6 +12,7 @@ httptools, whose ``connection_lost`` calls back) or with h11 (the task fallback)
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -328,3 +329,110 @@ def test_a_client_that_goes_away_gives_its_place_back(
         # hpcgate serve's httptools protocol calls back; h11 reads receive in a task
         assert bool(callbacks) == (site.protocol == "httptools")
         alice.delete(f"/jobs/{job_id}")
+
+
+class _Lines(logging.Handler):
+    """The access log's records, as the server writes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def of(self, request_id: str) -> list[logging.LogRecord]:
+        return [r for r in self.records if getattr(r, "request_id", None) == request_id]
+
+
+@pytest.fixture
+def access() -> Iterator[_Lines]:
+    lines = _Lines()
+    logger = logging.getLogger("hpcgate.access")
+    logger.addHandler(lines)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+
+
+def _counted(site: Site, route: str, status: int) -> float:
+    """``hpcgate_http_requests_total`` for GET ``route`` answered ``status``."""
+    text = httpx.get(f"{site.url}/metrics", timeout=10).text
+    series = f'hpcgate_http_requests_total{{method="GET",route="{route}",status="{status}"}}'
+    return sum(
+        float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith(series)
+    )
+
+
+def _subscribed(site: Site, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while site.open_subscribers() < count:
+        assert time.monotonic() < deadline, "the request never subscribed"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("kind", ["sse", "longpoll"])
+def test_a_held_request_is_logged_and_counted_once(
+    site: Site, lean: list[str], access: _Lines, kind: str
+) -> None:
+    """Held open, ended by the client going away or by the job's end: one access log
+    line and one count each, with the status sent and the whole duration."""
+    with site.client() as alice:
+        job_id = _submit(alice, 120)
+        if kind == "sse":
+            url, params = f"/jobs/{job_id}/events", {}
+            route = "/compute/{system_name}/jobs/{job_id}/events"
+        else:
+            url, params = f"/jobs/{job_id}", {"waitFor": "terminal", "timeout": str(MAX_WAIT)}
+            route = "/compute/{system_name}/jobs/{job_id}"
+        counted = _counted(site, route, 200)
+        gone, ended = f"gone-{kind}-{site.protocol}", f"ended-{kind}-{site.protocol}"
+        target = httpx.URL(f"/compute/{site.system}{url}", params=params)
+        token = site.issuer.mint("hpcuser1")
+        head = (
+            f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"X-Request-ID: {gone}\r\n\r\n"
+        )
+        address = httpx.URL(site.url)
+        held = time.monotonic()
+        with socket.create_connection((address.host, address.port)) as client:
+            client.sendall(head.encode())
+            _subscribed(site, 1)
+            time.sleep(0.5)
+            assert not access.of(gone), "logged before the request ended"
+        held = time.monotonic() - held
+        site.settled()
+
+        answers: list[httpx.Response] = []
+
+        def hold() -> None:
+            with site.client() as holder:
+                answers.append(holder.get(url, params=params, headers={"X-Request-ID": ended}))
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        _subscribed(site, 1)
+        assert not access.of(ended), "logged before the request ended"
+        alice.delete(f"/jobs/{job_id}")
+        thread.join(timeout=60)
+        [answer] = answers
+        assert answer.status_code == 200
+        if kind == "sse":
+            assert b"event: terminal" in answer.content
+        else:
+            assert answer.headers["X-Hpcgate-Wait"] == "terminal"
+        site.settled()
+        assert len(lean) == 2  # both served by the lean path
+    deadline = time.monotonic() + 5
+    while not (access.of(gone) and access.of(ended)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [by_disconnect] = access.of(gone)
+    [by_end] = access.of(ended)
+    for record in (by_disconnect, by_end):
+        assert (record.route, record.status, record.user) == (route, 200, "hpcuser1")  # type: ignore[attr-defined]
+    assert by_disconnect.duration_ms >= (held - 0.2) * 1000  # type: ignore[attr-defined]
+    assert _counted(site, route, 200) == counted + 2

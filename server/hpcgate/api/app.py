@@ -13,9 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hpcgate import __version__
-from hpcgate.api.edge import EdgeMiddleware
 from hpcgate.api.hotpath import HotPathMiddleware
-from hpcgate.api.middleware import RequestContextMiddleware
+from hpcgate.api.middleware import FrontedAPI
 from hpcgate.api.routers import compute, filesystem, jobpage, metrics, status, transfer
 from hpcgate.config import Settings
 from hpcgate.errors import ApiError
@@ -96,7 +95,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         finally:
             await owned.close()
 
-    app = FastAPI(
+    # its own call is the request's outer layers: request id, edge, errors, access log
+    app = FrontedAPI(
+        settings=settings,
         title="hpcgate",
         version=__version__,
         description="A FirecREST v2 compatible REST API for Slurm clusters, over SSH as the user.",
@@ -114,9 +115,6 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    # innermost: the hot GETs after the edge's checks, without FastAPI's routing
+    # the hot GETs after the edge's checks, without FastAPI's routing
     app.add_middleware(HotPathMiddleware, api=app)
-    # the edge runs inside the request context: its answers get request ids and logs
-    app.add_middleware(EdgeMiddleware, settings=settings)
-    app.add_middleware(RequestContextMiddleware, app_version=settings.app_version)
     return app

@@ -1,6 +1,6 @@
 """The edge of the API: what a request may cost before the application sees it.
 
-A raw ASGI middleware in front of the routes (FastAPI reads a JSON body whole
+Raw ASGI in front of the routes (FastAPI reads a JSON body whole
 before it runs the dependency that checks the token: a 400 MB body without a token
 cost the server 780 MB). Before anything of the body is read, it
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,7 +44,7 @@ from hpcgate.errors import (
 from hpcgate.transfer.s3xml import MAX_COMPLETE_BODY
 from hpcgate.wire import ErrorBody
 
-__all__ = ["MULTIPART_OVERHEAD", "EdgeMiddleware"]
+__all__ = ["MULTIPART_OVERHEAD", "Edge"]
 
 _CLOSE = (b"connection", b"close")
 # The multipart framing ops/upload adds around the file (as its route allows).
@@ -78,11 +79,14 @@ class BodyCap:
     setting: str
 
 
-class EdgeMiddleware:
-    """Header limits, authentication, rate limit and body bounds, before the app."""
+class Edge:
+    """Header limits, authentication, rate limit and body bounds, before the app.
 
-    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
-        self.app = app
+    Not a middleware of its own: the request front (``hpcgate.api.middleware``)
+    calls ``admit`` then ``forward`` from its one frame, so no frame of the edge is
+    held while a stream or long-poll waits."""
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.http = settings.http
         limits = settings.rate_limit
@@ -92,20 +96,19 @@ class EdgeMiddleware:
             else None
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def admit(self, scope: Scope, send: Send) -> bool:
+        """Check the head, the declared size, the token and the rate limit of an HTTP
+        request; False when refused (the answer has been sent)."""
         state = scope.setdefault("state", {})
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         path = _route_path(scope)
-        cap = self.body_cap(scope["method"], path)
         declared, chunked = _body_framing(headers)
-        has_body = chunked or bool(declared)
         try:
             self._check_head(headers)
-            if declared is not None and declared > cap.limit:
-                raise _too_large(cap)
+            if declared is not None:
+                cap = self.body_cap(scope["method"], path)
+                if declared > cap.limit:
+                    raise _too_large(cap)
             if not _is_public(path):
                 principal = await self._authenticate(scope, headers)
                 if principal is not None:
@@ -113,13 +116,19 @@ class EdgeMiddleware:
                     state["user"] = principal.username
                     self._take_token(principal.username)
         except ApiError as error:
-            close = has_body or error.status_code == 431
+            close = chunked or bool(declared) or error.status_code == 431
             await _reply(send, error, close=close, user=state.get("user"))
-            return
-        if not has_body:
-            await self.app(scope, receive, send)
-            return
-        await self._serve_guarded(scope, receive, send, cap)
+            return False
+        return True
+
+    def forward(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """``app``'s answer to an admitted request: its body, if any, read through
+        the guard of the route's cap and the read timeout."""
+        declared, chunked = _body_framing(scope["headers"])
+        if not chunked and not declared:
+            return app(scope, receive, send)  # nothing to guard: no frame of ours
+        cap = self.body_cap(scope["method"], _route_path(scope))
+        return self._serve_guarded(app, scope, receive, send, cap)
 
     def body_cap(self, method: str, path: str) -> BodyCap:
         """The body cap of the route ``method path`` would reach."""
@@ -177,7 +186,7 @@ class EdgeMiddleware:
             )
 
     async def _serve_guarded(
-        self, scope: Scope, receive: Receive, send: Send, cap: BodyCap
+        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, cap: BodyCap
     ) -> None:
         guard = _BodyGuard(receive, cap, self.http.body_read_timeout_seconds)
         started = False
@@ -196,7 +205,7 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, guard.receive, guarded_send)
+            await app(scope, guard.receive, guarded_send)
         except Exception:
             if guard.error is None or started:
                 raise

@@ -7,6 +7,7 @@ from collections import deque
 
 from hpcgate.compute.jobs import is_array_summary, is_terminal
 from hpcgate.compute.scheduler.models import Job
+from hpcgate.compute.watcher import deadlines
 
 QUEUE_LIMIT = 1024
 """Events queued for one subscriber; a consumer that falls this far behind is
@@ -106,8 +107,8 @@ class Subscription:
     are dropped (the consumer should end and resume)."""
 
     __slots__ = (
+        "_instant",
         "_pending",
-        "_timer",
         "_waiter",
         "closed",
         "kind",
@@ -124,7 +125,7 @@ class Subscription:
         self.closed = False
         self._pending: list[tuple[str, JobEvent]] = []
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._instant = 0  # of the waiter's timeout (``deadlines``)
 
     def deliver(self, view_id: str, event: JobEvent) -> None:
         """Queue ``event`` and wake the consumer; never blocks, never awaits."""
@@ -150,23 +151,21 @@ class Subscription:
 
     def wait(self, timeout: float) -> asyncio.Future[None]:
         """Until an event is pending, the subscription is closed or overflowed, or
-        ``timeout`` seconds have passed: a future to await (and one timer), no task
-        and no coroutine frame of its own."""
+        ``timeout`` seconds have passed (``deadlines.TICK`` late at most): a future
+        to await, no task, no coroutine frame and no timer of its own."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         if self._pending or self.closed or self.overflowed:
             waiter.set_result(None)
             return waiter
         self._waiter = waiter
-        self._timer = loop.call_later(timeout, _wake, waiter)
+        self._instant = deadlines.expire_after(waiter, timeout)
         waiter.add_done_callback(self._waited)
         return waiter
 
     def _waited(self, waiter: asyncio.Future[None]) -> None:
         """The wait ended (an event, the timeout, or its awaiting task cancelled)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        deadlines.forget(waiter, self._instant)
         if self._waiter is waiter:
             self._waiter = None
 
