@@ -48,6 +48,7 @@ from hpcgate.errors import ApiError, BadRequest, Conflict, PayloadTooLarge
 from hpcgate.filesystem.base import ReadStream
 from hpcgate.filesystem.paths import shown
 from hpcgate.transfer import s3xml, scripts
+from hpcgate.transfer.batching import batches
 from hpcgate.transfer.models import (
     DownloadRequest,
     S3TransferResponse,
@@ -61,7 +62,6 @@ PART_PATH = "/transfer-urls/{transfer_id}/parts/{part_number}"
 COMPLETE_PATH = "/transfer-urls/{transfer_id}/complete"
 DOWNLOAD_PATH = "/transfer-urls/{transfer_id}/download"
 
-_HASH_BLOCK = 1024 * 1024
 _JOB_MARGIN_MINUTES = 5
 _COMPLETE_WAIT_SECONDS = 30.0
 
@@ -228,34 +228,32 @@ async def write_part(
 async def _hashed(
     body: AsyncIterable[bytes], digest: hashlib._Hash, limit: int, number: int
 ) -> AsyncIterator[bytes]:
-    """The body as it arrives, at most ``limit`` bytes, hashed in a thread: about 1 MiB
-    at a time, one batch hashing while the next arrives (hashlib releases the GIL)."""
-    batch: list[bytes] = []
-    buffered = total = 0
-    hashing: asyncio.Future[None] | None = None
+    """The body, at most ``limit`` bytes, in ``batches`` hashed in a thread: one batch
+    hashing while the next arrives and is written (hashlib releases the GIL).
 
-    def update(pieces: list[bytes]) -> None:
-        # one update per batch: the thread takes the GIL back once per ~1 MiB, not once
-        # per HTTP chunk, each time waiting for the busy event loop to let go of it
-        digest.update(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+    One ``update`` per ~1 MiB batch: the thread takes the GIL back once per batch, not
+    once per HTTP chunk, each time waiting for the busy event loop to let go of it; and
+    the batch it hashes is the one written, joined once for both.
+    """
 
-    try:
+    async def bounded() -> AsyncIterator[bytes]:
+        total = 0
         async for chunk in body:
             total += len(chunk)
             if total > limit:
                 raise BadRequest(f"Part {number} is longer than its {limit} bytes")
-            batch.append(chunk)
-            buffered += len(chunk)
-            if buffered >= _HASH_BLOCK:
-                if hashing is not None:
-                    await hashing  # in order: one batch at a time
-                hashing = asyncio.ensure_future(asyncio.to_thread(update, batch))
-                batch, buffered = [], 0
             yield chunk
+
+    hashing: asyncio.Future[None] | None = None
+    try:
+        async for batch in batches(bounded()):
+            if hashing is not None:
+                await hashing  # in order: one batch at a time
+            hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, batch))
+            yield batch
         if hashing is not None:
             await hashing
             hashing = None
-        update(batch)
     finally:
         if hashing is not None:  # abandoned: let the thread finish with the digest
             with contextlib.suppress(BaseException):

@@ -66,6 +66,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from email.utils import formatdate
 
 from hpcgate.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout
+from hpcgate.transfer.batching import batches
 from hpcgate.transfer.service import TransferService, UserSide
 from hpcgate.transfer.store import ResumableUpload, new_id
 
@@ -304,7 +305,7 @@ async def _write(
     with _tus_answer():
         await side.fs.write_staged(
             staged,
-            received(),
+            batches(received()),  # written as views of each batch: one copy, not two
             offset=upload.offset,
             max_size=upload.size - upload.offset,
             on_written=committed,

@@ -6,7 +6,7 @@ requests but wait for all of them, copy the pieces, and start over with the next
 block. Here the handles are opened with ``block_size=0`` (every call is exactly one
 request) and these classes keep up to ``window`` requests of the server's largest
 message size (``sftp.limits``) in flight, in order, bounded: at most ``window``
-blocks per stream are held (2 MiB up, 4 MiB down), whatever the client or the
+blocks per stream are held (2-4 MiB up, 4 MiB down), whatever the client or the
 cluster do.
 """
 
@@ -27,8 +27,9 @@ Written = Callable[[bytes, int], Awaitable[None]]
 
 #: reads in flight per stream: 16 x 255 KiB (OpenSSH's message size) = 4 MiB
 WINDOW = 16
-#: writes in flight per stream: 8 x 255 KiB = 2 MiB, sshd's channel window; more would
-#: only wait, copied, in asyncssh's send buffer (memory, not speed)
+#: writes in flight per stream: 8 x 255 KiB = 2 MiB, sshd's channel window; a transfer's
+#: parts run several at once on the user's one channel, where more only waits, copied,
+#: in asyncssh's send buffer. A whole-file upload takes twice this (``WHOLE_FILE_WINDOW``)
 WRITE_WINDOW = 8
 #: acknowledged bytes are handed to ``on_written`` (tus: hashed, then the offset and
 #: hash state saved) in batches of at least this much: a save per 4 MiB, not per block
@@ -76,27 +77,34 @@ class WritePipeline:
     async def write_all(self, chunks: AsyncIterable[bytes]) -> int:
         """Write every chunk; the number of bytes written. Cancels what is in flight on
         failure (nothing after an error counts as written)."""
-        pieces: list[bytes | memoryview] = []
+        # Only bytes that complete a block from several pieces are copied (joined); whole
+        # blocks inside a chunk go out as views of it, so a chunk of several blocks (a
+        # part's hashed batch) is not copied again. Chunks must not change once yielded.
+        pending: list[memoryview] = []
         buffered = total = 0
         block = self._block
         try:
             async for chunk in chunks:
                 total += len(chunk)
-                pieces.append(chunk)
-                buffered += len(chunk)
-                if buffered < block:
-                    continue
-                data = memoryview(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-                pieces.clear()
-                start = 0
-                while buffered - start >= block:
-                    await self._send(data[start : start + block])
-                    start += block
-                buffered -= start
-                if buffered:
-                    pieces.append(data[start:])
-            if buffered:
-                await self._send(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+                view = memoryview(chunk)
+                if pending:
+                    head = view[: block - buffered]
+                    pending.append(head)
+                    buffered += len(head)
+                    view = view[len(head) :]
+                    if buffered < block:
+                        continue
+                    await self._send(b"".join(pending))
+                    pending.clear()
+                    buffered = 0
+                while len(view) >= block:
+                    await self._send(view[:block])
+                    view = view[block:]
+                if view:
+                    pending.append(view)
+                    buffered = len(view)
+            if pending:
+                await self._send(pending[0] if len(pending) == 1 else b"".join(pending))
             while self._in_flight:
                 await self._retire()
             await self._commit()
