@@ -4,7 +4,7 @@ Measured on uvicorn 0.54 (see ``docs/security.md``): its default protocol
 (httptools) accepts a request head of any size, and a million header lines cost
 the server ~130 MB that it keeps. The h11 protocol refuses a head that does not fit
 in ``h11_max_incomplete_event_size`` (``http.max_header_bytes``); heads that arrive
-whole in one read are counted again by the edge middleware. Small requests are
+whole in one read are counted again by the edge (``api/edge.py``). Small requests are
 as fast with h11; large bodies stream at ~520 MB/s instead of ~800 MB/s, above what
 SFTP to the cluster moves.
 

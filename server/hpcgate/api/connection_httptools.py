@@ -7,7 +7,7 @@ This protocol adds what ``hpcgate.api.connection`` adds to h11:
 * a head that keeps arriving past ``http.max_header_bytes`` is answered 431 and the
   connection closed: every read while a head is incomplete is counted, so the
   parser never holds more than the cap plus one read; a head that arrives whole
-  in one read is counted again by the edge middleware, as with h11;
+  in one read is counted again by the edge (``api/edge.py``), as with h11;
 * a head not whole within ``http.header_read_timeout_seconds`` of the connection's
   opening or of its first byte is answered 408 (nothing sent at all: the
   connection is just closed).
@@ -17,7 +17,7 @@ request: ``scope["extensions"][DISCONNECT_EXTENSION](callback)`` calls ``callbac
 once, from ``connection_lost`` (soon, if the connection is already gone), and
 returns a function that stops the watch. Ten thousand open SSE streams and
 long-polls use it instead of each reading ``receive`` in a task of its own
-(``hpcgate.api.events.watch_disconnect``; other servers keep the task).
+(``hpcgate.api.streaming.watch_disconnect``; other servers keep the task).
 
 It relies on uvicorn internals (the parser callbacks); ``tests/security/test_http_edge.py``
 pins the behaviour for whichever protocol ``http.protocol`` selects.

@@ -47,7 +47,7 @@ async def authenticated(
 ) -> Principal:
     """The caller, from a valid bearer token (401 otherwise).
 
-    The edge middleware (``hpcgate.api.edge``) has validated the token already and left
+    The edge (``hpcgate.api.edge``) has validated the token already and left
     the principal in the request state; without it (an app served without the
     middleware) the token is validated here.
     """

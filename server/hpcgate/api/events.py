@@ -44,11 +44,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Literal
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from hpcgate import errors
-from hpcgate.api.connection_httptools import DISCONNECT_EXTENSION
+from hpcgate.api.streaming import ClientBoundStreamingResponse, watch_disconnect
 from hpcgate.compute.watcher import JobEvent, JobView, JobWatcher, Slot
 from hpcgate.config import WatcherSettings
 
@@ -88,14 +86,11 @@ def _shared(header: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
     return header
 
 
-class EventStreamResponse(StreamingResponse):
-    """An SSE response that stops its body as soon as the client disconnects, so that
-    subscriptions end with the connection.
-
-    Ten thousand of them are held open at once, so each is one task (the request's
-    own), cancelled when the client goes away (``watch_disconnect``): no task group,
-    no task per chunk. ``on_close`` runs once the response is done, however it ends
-    (also when the body never started, whose own ``finally`` would then not run)."""
+class EventStreamResponse(ClientBoundStreamingResponse):
+    """An SSE response that ends with its client, so that subscriptions end with the
+    connection (``hpcgate.api.streaming``: one task per stream, the request's own,
+    cancelled when the client goes away; no task group, no task per chunk). Ten
+    thousand are held open at once; ``on_close`` gives the stream's slot back."""
 
     media_type = "text/event-stream"
 
@@ -112,78 +107,15 @@ class EventStreamResponse(StreamingResponse):
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
         self.on_close = on_close
-        self._gone = False
-        self._done = False
 
     def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
         super().init_headers(headers)
         self.raw_headers = [_shared(header) for header in self.raw_headers]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-
-        def disconnected() -> None:
-            if not self._done:
-                self._gone = True
-                task.cancel()
-
-        unwatch = watch_disconnect(scope, receive, disconnected)
-        try:
-            start = {"type": "http.response.start", "status": self.status_code}
-            await send({**start, "headers": self.raw_headers})
-            async for chunk in self.body_iterator:
-                body = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            # many streams end on one terminal event: let every one of them write it
-            # before any of them tears its request down (access log, budgets)
-            await asyncio.sleep(0)
-        except OSError:
-            pass  # the client went away while we wrote
-        except asyncio.CancelledError:
-            if not self._gone:
-                raise
-            task.uncancel()  # our own cancellation: the client went away
-        finally:
-            self._done = True
-            unwatch()
-            try:
-                close = getattr(self.body_iterator, "aclose", None)
-                if close is not None:
-                    await close()
-            finally:
-                if self.on_close is not None:
-                    self.on_close()
-
-
-def watch_disconnect(
-    scope: Scope, receive: Receive, callback: Callable[[], None]
-) -> Callable[[], object]:
-    """Call ``callback`` once when the client goes away; returns what stops the watch.
-
-    Under our httptools protocol its ``connection_lost`` calls back (nothing held per
-    request but the callback); elsewhere (h11, test transports) one small task reads
-    ``receive`` until ``http.disconnect`` (a failing ``receive`` counts as gone)."""
-    watch = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
-    if watch is not None:
-        unwatch: Callable[[], object] = watch(callback)
-        return unwatch
-    task = asyncio.ensure_future(_until_disconnect(receive))
-    task.add_done_callback(functools.partial(_ended, callback))
-    return task.cancel
-
-
-def _ended(callback: Callable[[], None], task: asyncio.Future[None]) -> None:
-    if task.cancelled():
-        return
-    task.exception()  # retrieved: never logged as unhandled
-    callback()
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    async def sent(self) -> None:
+        # many streams end on one terminal event: let every one of them write it
+        # before any of them tears its request down (access log, budgets)
+        await asyncio.sleep(0)
 
 
 async def job_events(
