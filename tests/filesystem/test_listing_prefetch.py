@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import pwd
+import re
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -97,21 +100,34 @@ async def test_an_unreadable_directory_and_a_file(
         await sftp.chmod(f"{base}/closed", 0o700)
 
 
-def _sftp_descriptors(user: str) -> int:
-    """Open file descriptors of ``user``'s sshd processes on the site (their SFTP servers)."""
+def _sftp_descriptors(user: str, ssh_port: int) -> int:
+    """Open file descriptors of ``user``'s sshd session processes (their internal SFTP
+    servers) at the far end of this process's SSH connections: the server under test
+    runs in this process; other test workers' sessions are left out."""
+    rows = []
+    listing = subprocess.run(
+        ["ss", "-tnpH", "state", "established"], capture_output=True, text=True, check=True
+    ).stdout
+    for line in listing.splitlines():
+        fields = line.split()
+        local, peer = (int(address.rsplit(":", 1)[1]) for address in fields[2:4])
+        rows.append((local, peer, {int(pid) for pid in re.findall(r"pid=(\d+)", line)}))
+    ours = {local for local, peer, pids in rows if peer == ssh_port and os.getpid() in pids}
+    sessions = {
+        pid for local, peer, pids in rows if local == ssh_port and peer in ours for pid in pids
+    }
     uid = pwd.getpwnam(user).pw_uid
     total = 0
-    for proc in Path("/proc").iterdir():
+    for pid in sessions:
         with contextlib.suppress(OSError):
-            if proc.name.isdigit() and proc.stat().st_uid == uid:
-                if (proc / "cmdline").read_bytes().startswith(b"sshd: "):
-                    total += len(list((proc / "fd").iterdir()))
+            if Path(f"/proc/{pid}").stat().st_uid == uid:
+                total += len(list(Path(f"/proc/{pid}/fd").iterdir()))
     return total
 
 
 @pytest.mark.site
 async def test_an_unused_read_closes_its_directory_handle(
-    small: FsServer, workdir: dict[str, str], sftp_as: Any
+    small: FsServer, workdir: dict[str, str], sftp_as: Any, site_env: SiteEnv
 ) -> None:
     base = workdir["hpcuser1"]
     sftp = await sftp_as("hpcuser1")
@@ -121,11 +137,12 @@ async def test_an_unused_read_closes_its_directory_handle(
         pass
     with small.client("hpcuser1") as client:
         assert _ls(client, base).status_code == 200  # the session is open
-        before = _sftp_descriptors("hpcuser1")
+        before = _sftp_descriptors("hpcuser1", site_env.ssh_port)
         for _ in range(20):
             for path in (f"{base}/link", f"{base}/f", f"{base}/missing"):
                 assert _ls(client, path).status_code in (200, 404)
-        assert _sftp_descriptors("hpcuser1") - before < 5
+        assert before > 0  # the server's session is seen
+        assert _sftp_descriptors("hpcuser1", site_env.ssh_port) - before < 5
 
 
 async def test_an_unused_reads_error_is_retrieved() -> None:
