@@ -19,6 +19,7 @@ import asyncssh
 import pytest
 
 import tests.site
+from tests.access_log import AccessLines, captured
 from tests.private_site import private_server, private_site  # noqa: F401  (fixtures)
 from tests.server import ApiServer, start_server
 from tests.site import SiteEnv, ensure_site_up
@@ -110,3 +111,10 @@ async def sftp_as(ssh_as: SshConnect) -> AsyncIterator[Any]:
     yield get
     for client in clients.values():
         client.exit()
+
+
+@pytest.fixture
+def access() -> Iterator[AccessLines]:
+    """The access log records the server writes during the test."""
+    with captured() as lines:
+        yield lines

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from hpcgate.compute.jobs import TERMINAL_STATES
+from hpcgate.config import Settings
 
 
 def submit(client: httpx.Client, system: str, job: dict[str, Any]) -> str:
@@ -46,3 +48,24 @@ def wait_state(
             return job
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} never {state} in {limit} s: {job}")
+
+
+def unit_settings(tmp_path: Path) -> Settings:
+    """Settings of one system for tests that never reach a cluster (no site)."""
+    return Settings.model_validate(
+        {
+            "auth": {
+                "issuer": "https://idp.example",
+                "audience": "hpc",
+                "jwks_url": "https://idp/j",
+            },
+            "systems": [
+                {
+                    "name": "cluster",
+                    "ssh": {"host": "login", "known_hosts": "/etc/ssh/known_hosts"},
+                    "credentials": {"kind": "ca", "ca_key": "/etc/hpcgate/ca"},
+                }
+            ],
+            "state_dir": tmp_path,
+        }
+    )

@@ -5,11 +5,8 @@ once with the status sent, and the edge still refuses before the app runs."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import httpx
 import pytest
@@ -17,8 +14,9 @@ from fastapi import FastAPI
 
 from hpcgate.api.app import create_app
 from hpcgate.auth.tokens import Principal
-from hpcgate.config import Settings
 from hpcgate.errors import Unauthorized
+from tests.access_log import AccessLines
+from tests.api.helpers import unit_settings
 
 
 class _Tokens:
@@ -36,47 +34,8 @@ class _Metrics:
         self.observed.append((method, route, status))
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[Any] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def access() -> Iterator[_Lines]:
-    lines = _Lines()
-    logger = logging.getLogger("hpcgate.access")
-    level = logger.level
-    logger.addHandler(lines)
-    logger.setLevel(logging.INFO)
-    try:
-        yield lines
-    finally:
-        logger.removeHandler(lines)
-        logger.setLevel(level)
-
-
 def _app(tmp_path: Path) -> tuple[FastAPI, _Metrics]:
-    settings = Settings.model_validate(
-        {
-            "auth": {
-                "issuer": "https://idp.example",
-                "audience": "hpc",
-                "jwks_url": "https://idp/j",
-            },
-            "systems": [
-                {
-                    "name": "cluster",
-                    "ssh": {"host": "login", "known_hosts": "/etc/ssh/known_hosts"},
-                    "credentials": {"kind": "ca", "ca_key": "/etc/hpcgate/ca"},
-                }
-            ],
-            "state_dir": tmp_path,
-        }
-    )
+    settings = unit_settings(tmp_path)
     app = create_app(settings)
     metrics = _Metrics()
     app.state.services = SimpleNamespace(tokens=_Tokens(), metrics=metrics)
@@ -89,7 +48,7 @@ def _app(tmp_path: Path) -> tuple[FastAPI, _Metrics]:
 
 
 async def test_an_unhandled_error_is_answered_logged_and_raised(
-    tmp_path: Path, access: _Lines
+    tmp_path: Path, access: AccessLines
 ) -> None:
     app, metrics = _app(tmp_path)
     transport = httpx.ASGITransport(app=app)
@@ -109,7 +68,7 @@ async def test_an_unhandled_error_is_answered_logged_and_raised(
     assert metrics.observed == [("GET", "/boom", 500)] * 2
 
 
-async def test_every_answer_is_logged_and_counted_once(tmp_path: Path, access: _Lines) -> None:
+async def test_every_answer_is_logged_and_counted_once(tmp_path: Path, access: AccessLines) -> None:
     app, metrics = _app(tmp_path)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t"

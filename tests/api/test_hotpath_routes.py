@@ -19,27 +19,11 @@ from hpcgate.api import hotpath, hotpath_events
 from hpcgate.api.app import create_app
 from hpcgate.api.dependencies import SystemDep, get_filesystem
 from hpcgate.api.routers import compute
-from hpcgate.config import Settings
+from tests.api.helpers import unit_settings
 
 
 def _app(tmp_path: Path) -> FastAPI:
-    settings = Settings.model_validate(
-        {
-            "auth": {
-                "issuer": "https://idp.example",
-                "audience": "hpc",
-                "jwks_url": "https://idp/j",
-            },
-            "systems": [
-                {
-                    "name": "cluster",
-                    "ssh": {"host": "login", "known_hosts": "/etc/ssh/known_hosts"},
-                    "credentials": {"kind": "ca", "ca_key": "/etc/hpcgate/ca"},
-                }
-            ],
-            "state_dir": tmp_path,
-        }
-    )
+    settings = unit_settings(tmp_path)
     return create_app(settings)
 
 

@@ -12,7 +12,6 @@ httptools, whose ``connection_lost`` calls back) or with h11 (the task fallback)
 from __future__ import annotations
 
 import contextlib
-import logging
 import socket
 import threading
 import time
@@ -34,6 +33,7 @@ from hpcgate.cli import local_site_config
 from hpcgate.compute.watcher import JobWatcher
 from hpcgate.config import Settings
 from hpcgate.services import Services
+from tests.access_log import AccessLines
 from tests.events.conftest import WATCHER
 from tests.server import free_port
 from tests.site import SiteEnv
@@ -331,34 +331,6 @@ def test_a_client_that_goes_away_gives_its_place_back(
         alice.delete(f"/jobs/{job_id}")
 
 
-class _Lines(logging.Handler):
-    """The access log's records, as the server writes them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def of(self, request_id: str) -> list[logging.LogRecord]:
-        return [r for r in self.records if getattr(r, "request_id", None) == request_id]
-
-
-@pytest.fixture
-def access() -> Iterator[_Lines]:
-    lines = _Lines()
-    logger = logging.getLogger("hpcgate.access")
-    logger.addHandler(lines)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        yield lines
-    finally:
-        logger.removeHandler(lines)
-        logger.setLevel(level)
-
-
 def _counted(site: Site, route: str, status: int) -> float:
     """``hpcgate_http_requests_total`` for GET ``route`` answered ``status``."""
     text = httpx.get(f"{site.url}/metrics", timeout=10).text
@@ -377,7 +349,7 @@ def _subscribed(site: Site, count: int) -> None:
 
 @pytest.mark.parametrize("kind", ["sse", "longpoll"])
 def test_a_held_request_is_logged_and_counted_once(
-    site: Site, lean: list[str], access: _Lines, kind: str
+    site: Site, lean: list[str], access: AccessLines, kind: str
 ) -> None:
     """Held open, ended by the client going away or by the job's end: one access log
     line and one count each, with the status sent and the whole duration."""

@@ -11,6 +11,7 @@ from typing import Any, cast
 import asyncssh
 
 from hpcgate.filesystem.sftp.pipeline import WritePipeline
+from tests.streams import chunked
 
 BLOCK = 1000
 
@@ -24,14 +25,6 @@ class _Handle:
     async def write(self, data: bytes | memoryview, offset: int) -> int:
         self.writes.append((offset, data))
         return len(data)
-
-
-async def _chunks(data: bytes, sizes: list[int]) -> AsyncIterator[bytes]:
-    at = index = 0
-    while at < len(data):
-        size = sizes[index % len(sizes)]
-        yield data[at : at + size]
-        at, index = at + size, index + 1
 
 
 def _pipeline(handle: _Handle, offset: int = 0, **kwargs: Any) -> WritePipeline:
@@ -57,7 +50,7 @@ async def test_uneven_chunks_land_in_blocks_at_their_offsets() -> None:
         handle = _Handle()
         acknowledged.clear()
         written = await _pipeline(handle, 100, on_written=on_written).write_all(
-            _chunks(data, sizes)
+            chunked(data, sizes)
         )
         assert written == len(data)
         assert [len(chunk) for _, chunk in handle.writes] == [BLOCK] * 20 + [17]
@@ -96,6 +89,6 @@ async def test_no_more_than_the_window_is_in_flight() -> None:
 
     data = os.urandom(12 * BLOCK)
     handle = _Slow()
-    assert await _pipeline(handle).write_all(_chunks(data, [5 * BLOCK])) == len(data)
+    assert await _pipeline(handle).write_all(chunked(data, [5 * BLOCK])) == len(data)
     assert most == 3
     assert b"".join(bytes(chunk) for _, chunk in sorted(handle.writes)) == data
