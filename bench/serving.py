@@ -69,14 +69,12 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path) -> N
     raise RuntimeError(f"{url} did not answer in 60 s:\n{log_path.read_text()}")
 
 
-def _spawn(argv: list[str], workdir: Path, port: int) -> Served:
+def _spawn(argv: list[str], workdir: Path, port: int, code: Path | None = None) -> Served:
     log_path = workdir / "server.log"
-    process = subprocess.Popen(
-        argv,
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if code is not None:  # another checkout's server code, ahead of this tree's
+        env["PYTHONPATH"] = os.pathsep.join([str(code / "server"), str(code)])
+    process = subprocess.Popen(argv, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(process, url, log_path)
     return Served(url, process, log_path)
@@ -89,8 +87,10 @@ def start_hpcgate(
     workers: int = 1,
     http: str | None = None,
     settings: dict[str, Any] | None = None,
+    code: Path | None = None,
 ) -> Served:
-    """``hpcgate serve`` for the local site (token key in ``workdir/keys``)."""
+    """``hpcgate serve`` for the local site (token key in ``workdir/keys``); ``code``:
+    a checkout whose ``server/`` runs instead of this tree's (``ab_bench.py``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = local_site_config(site.values, workdir / "keys")
     config["state_dir"] = str(workdir / "state")
@@ -103,7 +103,7 @@ def start_hpcgate(
     port = free_port()
     argv = [sys.executable, "-m", "hpcgate.cli", "serve", "--config", str(config_path)]
     argv += ["--port", str(port), "--workers", str(workers)]
-    served = _spawn(argv, workdir, port)
+    served = _spawn(argv, workdir, port, code)
     served.system = config["systems"][0]["name"]  # type: ignore[index]
     served.issuer = create_signing_key(workdir / "keys")
     return served

@@ -103,3 +103,22 @@ def test_clients_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
     # every client of the cancelled cycle got the terminal event, from both servers
     assert "| hpcgate serve | 20/20 |" in table, stdout
     assert "| floor: bare asyncio server (uvloop) | 20/20 |" in table, stdout
+
+
+def test_ab_bench_smoke(site_env: SiteEnv, tmp_path: Path) -> None:
+    output = tmp_path / "ab.md"
+    stdout = run("bench/ab_bench.py", "--smoke", "--output", str(output))
+    rows = [
+        line
+        for line in output.read_text().splitlines()
+        if line.startswith("| ") and "---" not in line
+    ][1:]
+    # A and B for each kind, each with a rate per round and CPU figures
+    assert [row.split("|")[1:3] for row in rows] == [
+        [f" {kind} ", f" {name} "] for kind in ("stat", "download", "upload") for name in "AB"
+    ], stdout
+    for row in rows:
+        cells = row.split("|")
+        assert len(cells[4].split("/")) == 2, row  # two rounds
+        if cells[1].strip() == "stat":  # 0.3 s of load: the server's CPU is seen
+            assert float(cells[5].split()[0]) > 0, row
