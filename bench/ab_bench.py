@@ -47,6 +47,7 @@ from bench.cpu_split import CpuSplit
 from bench.fs_bench import Transfers, connect, make_file
 from bench.http_sink import download_discarding
 from bench.loadgen import run_load
+from bench.report import publish
 from bench.serving import Served, start_hpcgate
 from tests.site import ensure_site_up
 
@@ -180,11 +181,7 @@ def main() -> int:
     args.rounds = max(1, min(args.rounds, 50))
     args.duration = max(0.1, min(args.duration, 120.0))
     args.size_mib = max(1, min(args.size_mib, 16 * 1024))
-    table = asyncio.run(bench(args))
-    print(table)
-    if args.output:
-        with open(args.output, "a") as handle:
-            handle.write(table + "\n\n")
+    publish(asyncio.run(bench(args)), args.output)
     return 0
 
 

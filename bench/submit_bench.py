@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.floor_bench import load_average, quiet
 from bench.procstat import tree_cpu_seconds
 from bench.profile_server import summarise
+from bench.report import publish
 from bench.serving import start_hpcgate
 from tests.events.helpers import metric_values
 from tests.site import ensure_site_up
@@ -246,11 +247,7 @@ def main() -> int:
     args.duration = min(args.duration, 600.0)
     if args.smoke:
         args.count, args.patience = 3, 0.0
-    table = asyncio.run(bench(args))
-    print(table)
-    if args.output:
-        with open(args.output, "a") as handle:
-            handle.write(table + "\n\n")
+    publish(asyncio.run(bench(args)), args.output)
     return 0
 
 

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.cpu_split import CpuSplit
 from bench.floor_bench import JOB_NAME, Case, measure, prepare, quiet
 from bench.loadgen import BACKENDS, default_backend, format_row, use_backend
+from bench.report import publish
 from bench.serving import shared_store, start_hpcgate, start_redis
 from tests.site import ensure_site_up
 
@@ -146,11 +147,7 @@ def main() -> int:
     args.duration = min(args.duration, 120.0)
     if args.smoke:
         args.duration, args.patience, args.levels = min(args.duration, 1.0), 0.0, [2]
-    table = asyncio.run(bench(args))
-    print(table)
-    if args.output:
-        with open(args.output, "a") as handle:
-            handle.write(table + "\n\n")
+    publish(asyncio.run(bench(args)), args.output)
     return 0
 
 
