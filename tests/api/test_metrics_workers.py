@@ -13,14 +13,21 @@ import http.client
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.api.test_workers import WATCHER, Workers, call, owner, serve, write_config
+from tests.api.test_workers import (
+    WATCHER,
+    Workers,
+    call,
+    established,
+    owner,
+    serve,
+    write_config,
+)
 from tests.events.helpers import metric_values
 from tests.site import SiteEnv
 
@@ -84,16 +91,10 @@ def subscribers(text: str, system: str) -> float:
 
 def ssh_held(server: Workers, ssh_port: int) -> int:
     """SSH connections the workers hold, counted by the kernel."""
-    listing = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( dport = :{ssh_port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
     workers = server.worker_pids()
     return sum(
         1
-        for line in listing.splitlines()
+        for line in established(f"dport = :{ssh_port}")
         if {int(p) for p in re.findall(r"pid=(\d+)", line)} & workers
     )
 

@@ -107,25 +107,32 @@ def serve(config: Path, workdir: Path, workers: int) -> Workers:
     raise AssertionError(f"the workers did not start:\n{log_path.read_text()}")
 
 
+def established(peer_filter: str) -> list[str]:
+    """``ss``'s lines for the established TCP connections that match ``peer_filter``
+    (``sport = :8000``, say), each with the pids holding it."""
+    return subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( {peer_filter} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+
+
 def owner(connection: http.client.HTTPConnection, port: int, *, wait: float = 2.0) -> int | None:
     """The pid of the server process holding ``connection`` (from ``ss``).
 
     A connection the kernel has established but no worker has accepted yet shows no
-    pid: asked again until one does, None after ``wait`` s (it sits in the queue of a
-    socket whose worker died)."""
+    pid: asked again until one does. None after ``wait`` s, or at once when the
+    server side is gone: it sat in the queue of a socket whose worker died, and the
+    kernel reset it."""
     assert connection.sock is not None
     local = connection.sock.getsockname()[1]
     deadline = time.monotonic() + wait
     while True:
-        listing = subprocess.run(
-            ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        lines = [line for line in listing.splitlines() if re.search(rf":{local}\s", line + " ")]
+        server_side = re.compile(rf":{local}\s")
+        lines = [line for line in established(f"sport = :{port}") if server_side.search(line + " ")]
         if not lines:
-            raise AssertionError(f"no server side of local port {local} in:\n{listing}")
+            return None
         found = re.search(r"pid=(\d+)", lines[0])
         if found is not None:
             return int(found.group(1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncssh
 import pytest
 
-from hpcgate.errors import BadRequest, Forbidden
+from hpcgate.errors import BadRequest, Conflict, Forbidden
 from hpcgate.filesystem.paths import (
     MAX_PATH_BYTES,
     PathPolicy,
@@ -209,3 +209,19 @@ async def test_guard_learns_real_roots_once(guard: WriteGuard) -> None:
     await guard.check(sftp, "/home/u/f", follow_final=True)
     await guard.check(sftp, "/home/u/f", follow_final=True)
     assert sum(call == "realpath /scratch" for call in sftp.calls) == 1
+
+
+class SwappedSftp(FakeSftp):
+    """What OpenSSH's sftp-server answers when an entry is swapped while it resolves
+    it: lstat saw a link, readlink found a directory (EINVAL, "Bad message")."""
+
+    async def realpath(self, path: str) -> str:
+        self.calls.append(f"realpath {path}")
+        raise asyncssh.SFTPBadMessage("Bad message")
+
+
+async def test_guard_calls_an_entry_swapped_during_resolution_a_conflict(
+    guard: WriteGuard,
+) -> None:
+    with pytest.raises(Conflict, match="changed during the request"):
+        await guard.check(SwappedSftp(EXISTING, LINKS), "/home/u/d/f", follow_final=False)

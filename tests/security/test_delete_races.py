@@ -10,18 +10,23 @@ hpcuser1's private files must all survive byte-exact, with their mode and owner.
 from __future__ import annotations
 
 import asyncio
+import collections
 import grp
 import os
 import pwd
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from hpcgate.errors import ApiError
+from hpcgate.filesystem.paths import PathPolicy, WriteGuard
 from tests.security.hostile import hostile_files
 from tests.security.shared_dirs import VICTIM, attack, shared_directory
 from tests.security.swapper import swapping
@@ -174,14 +179,41 @@ async def test_rm_while_a_parent_keeps_being_swapped_never_reaches_private_files
     for name in ("keep", *(f"f{i}" for i in range(PRIVATE_FILES))):
         (parent / name).write_text("the victim's shared copy\n")
         as_victim(parent / name, directory=False)
-    outcomes: set[int] = set()
+    outcomes: dict[int, str] = {}
     with swapping(str(parent), str(private.directory), seconds=4) as swaps:
         for name in ("keep", *(f"f{i}" for i in range(PRIVATE_FILES))):
             response = await victim.delete("/rm", params={"path": f"{parent}/{name}"})
-            outcomes.add(response.status_code)
+            outcomes.setdefault(response.status_code, response.text)
     assert swaps.count > 0
-    assert outcomes <= {204, 403, 404, 409}, outcomes
+    assert set(outcomes) <= {204, 403, 404, 409}, outcomes
     assert private.intact()
+
+
+async def test_a_parent_swapped_while_the_cluster_resolves_it_is_a_conflict(
+    sftp_as: Any, site_env: SiteEnv, shared: str, private: Private
+) -> None:
+    # OpenSSH's sftp-server resolves a path with lstat and then readlink: a parent
+    # swapped between the two fails the readlink (EINVAL, "Bad message"). Driven here
+    # against the real sftp-server; before it was named, it surfaced as a 400.
+    parent = Path(shared) / "run"
+    victim_tree(parent, 1, 1)
+    roots = [site_env["HPC_SITE_HOME_ROOT"], site_env["HPC_SITE_PROJECT_DIR"]]
+    guard = WriteGuard(PathPolicy("hpcsite", roots))
+    sftp = await sftp_as(VICTIM)
+    outcomes: collections.Counter[str] = collections.Counter()
+    with swapping(str(parent), str(private.directory), seconds=3) as swaps:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                await guard.check(sftp, f"{parent}/keep", follow_final=False)
+                outcomes["admitted"] += 1
+            except ApiError as exc:
+                outcomes[type(exc).__name__] += 1
+    assert swaps.count > 0
+    assert outcomes["admitted"] > 0
+    # Forbidden: the link met where the cluster had just found nothing (a swap midway),
+    # refused as a dangling link; safe, as every refusal is
+    assert set(outcomes) <= {"admitted", "Conflict", "Forbidden"}, outcomes
 
 
 async def test_rm_of_a_1000_level_tree_succeeds(victim: httpx.AsyncClient, shared: str) -> None:

@@ -32,7 +32,7 @@ from typing import Protocol
 
 import asyncssh
 
-from hpcgate.errors import BadRequest, Forbidden
+from hpcgate.errors import BadRequest, Conflict, Forbidden
 
 MAX_PATH_BYTES = 4096
 MAX_COMPONENT_BYTES = 255
@@ -174,8 +174,9 @@ class WriteGuard:
         (open for writing, chmod, tar -C): the target must resolve inside, and a
         dangling symlink is refused. Otherwise only the parents are resolved (rm,
         mkdir, symlink and rename act on the final component itself). Missing parents
-        are skipped up to the nearest existing one. ``Forbidden`` when outside;
-        SFTP errors (permission denied) pass through.
+        are skipped up to the nearest existing one. ``Forbidden`` when outside,
+        ``Conflict`` when an entry changed while it was resolved; other SFTP errors
+        (permission denied) pass through.
         """
         roots = await self._allowed_roots(sftp)
         root = self.policy.root_of(path)
@@ -189,6 +190,11 @@ class WriteGuard:
                         f"Refusing to write through a dangling symlink: {shown(candidate)}"
                     ) from None
                 continue
+            except asyncssh.SFTPBadMessage:
+                # EINVAL: OpenSSH's sftp-server resolves with lstat, then readlink; an
+                # entry swapped between the two (a link, then a directory) fails the
+                # readlink. The path is bounded (MAX_PATH_BYTES), so this is the race.
+                raise Conflict(f"A path changed during the request: {shown(candidate)}") from None
             if not any(is_within(normalise(real), allowed) for allowed in roots):
                 raise Forbidden(
                     f"Refusing to write through a symlink that leads outside the "
