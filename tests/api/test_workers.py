@@ -127,9 +127,9 @@ def owner(connection: http.client.HTTPConnection, port: int, *, wait: float = 2.
     kernel reset it."""
     assert connection.sock is not None
     local = connection.sock.getsockname()[1]
+    server_side = re.compile(rf":{local}\s")
     deadline = time.monotonic() + wait
     while True:
-        server_side = re.compile(rf":{local}\s")
         lines = [line for line in established(f"sport = :{port}") if server_side.search(line + " ")]
         if not lines:
             return None
