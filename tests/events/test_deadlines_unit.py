@@ -52,8 +52,9 @@ async def test_an_instant_none_waits_for_is_dropped_with_its_timer() -> None:
         deadlines.forget(waiter, instant)
     kept = deadlines._BY_LOOP[loop]
     assert not kept._waiters and not kept._timers
-    if hasattr(loop, "_scheduled"):  # the default loop: its timers cancelled
-        assert all(h.cancelled() for h in loop._scheduled if h.when() > loop.time() + 200)
+    if hasattr(loop, "_scheduled"):  # the default loop: its timers (300 s out) cancelled
+        ours = [h for h in loop._scheduled if abs(h.when() - loop.time() - 300) < 10]
+        assert all(h.cancelled() for h in ours)
 
 
 async def test_a_cancelled_waiter_is_left_alone() -> None:

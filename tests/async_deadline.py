@@ -1,0 +1,77 @@
+"""A deadline inside the event loop for every coroutine test.
+
+pytest-timeout's signal raises wherever the main thread is; in a coroutine test that is
+inside the session's event loop, which it leaves with the test's task still pending: every
+later test and session fixture on that loop then fails too, and pytest itself can crash
+while it formats the traceback. A deadline set just before pytest-timeout's instead
+cancels the test's own task, so a hung test fails alone, with the await it was stuck on
+and the stacks of the loop's other tasks in its report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import io
+import time
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
+
+import pytest
+
+# seconds before pytest-timeout's signal (its clock starts with the test's setup) at which
+# the test's task is cancelled
+MARGIN = 30.0
+STARTED = pytest.StashKey[float]()
+
+
+def _timeout_of(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    return float(item.config.getini("timeout") or 0)
+
+
+def _other_tasks_stacks() -> str:
+    current = asyncio.current_task()
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        if task is not current:
+            task.print_stack(limit=12, file=out)
+    return out.getvalue()
+
+
+def with_deadline(
+    test: Callable[..., Coroutine[Any, Any, Any]], seconds: float
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """``test`` cancelled after ``seconds``, failing with where everything was waiting."""
+
+    @functools.wraps(test)
+    async def bounded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(seconds):
+                return await test(*args, **kwargs)
+        except TimeoutError as error:
+            message = f"test still running after {seconds:.0f} s; the loop's other tasks:\n"
+            raise TimeoutError(message + _other_tasks_stacks()) from error
+
+    return bounded
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[STARTED] = time.monotonic()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """Run a coroutine test (pytest-asyncio) under its deadline."""
+    test = getattr(item, "obj", None)
+    started = item.stash.get(STARTED, time.monotonic())
+    seconds = _timeout_of(item) - (time.monotonic() - started) - MARGIN
+    if seconds <= 0 or not inspect.iscoroutinefunction(test):
+        return (yield)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(item, "obj", with_deadline(test, seconds))
+        return (yield)
