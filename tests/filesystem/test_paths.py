@@ -225,3 +225,30 @@ async def test_guard_calls_an_entry_swapped_during_resolution_a_conflict(
 ) -> None:
     with pytest.raises(Conflict, match="changed during the request"):
         await guard.check(SwappedSftp(EXISTING, LINKS), "/home/u/d/f", follow_final=False)
+
+
+class LinkedMidwaySftp(FakeSftp):
+    """A parent that was missing when the cluster first resolved it and is a working
+    link when looked at again (a group member swapping it)."""
+
+    async def realpath(self, path: str) -> str:
+        if not any(call == f"realpath {path}" for call in self.calls):
+            self.calls.append(f"realpath {path}")
+            raise asyncssh.SFTPNoSuchFile("No such file")
+        return await super().realpath(path)
+
+
+async def test_guard_calls_a_link_that_appeared_midway_a_conflict_not_dangling(
+    guard: WriteGuard,
+) -> None:
+    sftp = LinkedMidwaySftp(EXISTING, LINKS)
+    with pytest.raises(Conflict, match="changed during the request: /home/u/in"):
+        await guard.check(sftp, "/home/u/in/f", follow_final=False)
+    assert sftp.calls.count("realpath /home/u/in") == 2
+
+
+async def test_guard_calls_a_link_that_still_leads_nowhere_dangling(guard: WriteGuard) -> None:
+    sftp = FakeSftp(EXISTING, LINKS)
+    with pytest.raises(Forbidden, match="dangling symlink: /home/u/dangling"):
+        await guard.check(sftp, "/home/u/dangling/x", follow_final=False)
+    assert sftp.calls.count("realpath /home/u/dangling") == 2

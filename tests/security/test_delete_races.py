@@ -211,8 +211,8 @@ async def test_a_parent_swapped_while_the_cluster_resolves_it_is_a_conflict(
                 outcomes[type(exc).__name__] += 1
     assert swaps.count > 0
     assert outcomes["admitted"] > 0
-    # Forbidden: the link met where the cluster had just found nothing (a swap midway),
-    # refused as a dangling link; safe, as every refusal is
+    # Forbidden: nothing resolved twice in a row while a link stood there between the
+    # two looks (a dangling link, as far as the server can tell); safe, as every refusal is
     assert set(outcomes) <= {"admitted", "Conflict", "Forbidden"}, outcomes
 
 

@@ -185,16 +185,19 @@ class WriteGuard:
             try:
                 real = await sftp.realpath(candidate)
             except asyncssh.SFTPNoSuchFile:
-                if await _exists_as_link(sftp, candidate):
-                    raise Forbidden(
-                        f"Refusing to write through a dangling symlink: {shown(candidate)}"
-                    ) from None
-                continue
+                if not await _exists_as_link(sftp, candidate):
+                    continue
+                # a link where nothing resolved: dangling, or put there meanwhile
+                if await _resolves_now(sftp, candidate):
+                    raise _changed(candidate) from None
+                raise Forbidden(
+                    f"Refusing to write through a dangling symlink: {shown(candidate)}"
+                ) from None
             except asyncssh.SFTPBadMessage:
                 # EINVAL: OpenSSH's sftp-server resolves with lstat, then readlink; an
                 # entry swapped between the two (a link, then a directory) fails the
                 # readlink. The path is bounded (MAX_PATH_BYTES), so this is the race.
-                raise Conflict(f"A path changed during the request: {shown(candidate)}") from None
+                raise _changed(candidate) from None
             if not any(is_within(normalise(real), allowed) for allowed in roots):
                 raise Forbidden(
                     f"Refusing to write through a symlink that leads outside the "
@@ -268,3 +271,18 @@ async def _exists_as_link(sftp: RealpathClient, path: str) -> bool:
     except asyncssh.SFTPNoSuchFile:
         return False
     return attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK
+
+
+async def _resolves_now(sftp: RealpathClient, path: str) -> bool:
+    """Whether ``path`` resolves on a second look (or changes again while it does)."""
+    try:
+        await sftp.realpath(path)
+    except asyncssh.SFTPNoSuchFile:
+        return False
+    except asyncssh.SFTPBadMessage:
+        return True
+    return True
+
+
+def _changed(path: str) -> Conflict:
+    return Conflict(f"A path changed during the request: {shown(path)}")
