@@ -79,6 +79,16 @@ class BodyCap:
     setting: str
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An admitted request: the cap its body is read under (None: it has no body)."""
+
+    body_cap: BodyCap | None
+
+
+_NO_BODY = Admission(None)
+
+
 class Edge:
     """Header limits, authentication, rate limit and body bounds, before the app.
 
@@ -96,19 +106,21 @@ class Edge:
             else None
         )
 
-    async def admit(self, scope: Scope, send: Send) -> bool:
+    async def admit(self, scope: Scope, send: Send) -> Admission | None:
         """Check the head, the declared size, the token and the rate limit of an HTTP
-        request; False when refused (the answer has been sent)."""
+        request; None when refused (the answer has been sent)."""
         state = scope.setdefault("state", {})
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         path = _route_path(scope)
         declared, chunked = _body_framing(headers)
+        admission = _NO_BODY
         try:
             self._check_head(headers)
-            if declared is not None:
+            if chunked or declared:
                 cap = self.body_cap(scope["method"], path)
-                if declared > cap.limit:
+                if declared is not None and declared > cap.limit:
                     raise _too_large(cap)
+                admission = Admission(cap)
             if not _is_public(path):
                 principal = await self._authenticate(scope, headers)
                 if principal is not None:
@@ -118,17 +130,17 @@ class Edge:
         except ApiError as error:
             close = chunked or bool(declared) or error.status_code == 431
             await _reply(send, error, close=close, user=state.get("user"))
-            return False
-        return True
+            return None
+        return admission
 
-    def forward(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+    def forward(
+        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, admission: Admission
+    ) -> Awaitable[None]:
         """``app``'s answer to an admitted request: its body, if any, read through
-        the guard of the route's cap and the read timeout."""
-        declared, chunked = _body_framing(scope["headers"])
-        if not chunked and not declared:
+        the guard of the cap it was admitted under and the read timeout."""
+        if admission.body_cap is None:
             return app(scope, receive, send)  # nothing to guard: no frame of ours
-        cap = self.body_cap(scope["method"], _route_path(scope))
-        return self._serve_guarded(app, scope, receive, send, cap)
+        return self._serve_guarded(app, scope, receive, send, admission.body_cap)
 
     def body_cap(self, method: str, path: str) -> BodyCap:
         """The body cap of the route ``method path`` would reach."""

@@ -128,8 +128,9 @@ class FrontedAPI(FastAPI):
             return
         exchange = _Exchange(scope, send, self.app_version)
         try:
-            if await self.edge.admit(scope, exchange):
-                await self.edge.forward(app, scope, receive, exchange)
+            admission = await self.edge.admit(scope, exchange)
+            if admission is not None:
+                await self.edge.forward(app, scope, receive, exchange, admission)
         except Exception as exc:
             # as ServerErrorMiddleware: the handler's answer if none was sent, and
             # the error raised on to the server (which logs it)
