@@ -20,17 +20,9 @@ from typing import Any
 
 import pytest
 
-# seconds before pytest-timeout's signal (its clock starts with the test's setup) at which
-# the test's task is cancelled
+# seconds before pytest-timeout's signal at which the test's task is cancelled
 MARGIN = 30.0
-STARTED = pytest.StashKey[float]()
-
-
-def _timeout_of(item: pytest.Item) -> float:
-    marker = item.get_closest_marker("timeout")
-    if marker is not None and marker.args:
-        return float(marker.args[0])
-    return float(item.config.getini("timeout") or 0)
+EXPIRES = pytest.StashKey[float]()
 
 
 def _other_tasks_stacks() -> str:
@@ -60,17 +52,22 @@ def with_deadline(
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    item.stash[STARTED] = time.monotonic()
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """Note when pytest-timeout's signal will come (its settings: marker, option, ini),
+    and let pytest-timeout arm it."""
+    item.stash[EXPIRES] = time.monotonic() + float(settings.timeout)
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
+@pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
-    """Run a coroutine test (pytest-asyncio) under its deadline."""
+    """Run a coroutine test (pytest-asyncio) under its deadline. Innermost, so that
+    pytest-timeout has armed its timer even when it times the call alone."""
     test = getattr(item, "obj", None)
-    started = item.stash.get(STARTED, time.monotonic())
-    seconds = _timeout_of(item) - (time.monotonic() - started) - MARGIN
-    if seconds <= 0 or not inspect.iscoroutinefunction(test):
+    expires = item.stash.get(EXPIRES, None)
+    if expires is None or not inspect.iscoroutinefunction(test):
+        return (yield)
+    seconds = expires - time.monotonic() - MARGIN
+    if seconds <= 0:
         return (yield)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(item, "obj", with_deadline(test, seconds))

@@ -20,7 +20,7 @@ import pytest
 
 import tests.site
 from tests.access_log import AccessLines, captured
-from tests.async_deadline import pytest_runtest_call, pytest_runtest_setup  # noqa: F401  (hooks)
+from tests.async_deadline import pytest_runtest_call, pytest_timeout_set_timer  # noqa: F401  (hooks)
 from tests.private_site import private_server, private_site  # noqa: F401  (fixtures)
 from tests.server import ApiServer, start_server
 from tests.site import SiteEnv, ensure_site_up
